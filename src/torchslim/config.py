@@ -1,0 +1,199 @@
+"""Frozen, versioned configs: the config type picks the technique.
+
+Every config converts to and from a plain dict through an allowlist (its own fields), so configs
+travel in recipes, manifests and reports without pickling. Field docs double as the recipe schema docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+from torchslim.errors import UserError
+from torchslim.registry import Registry
+
+CONFIGS: Registry[type[BaseConfig]] = Registry("config type")
+C = TypeVar("C", bound="BaseConfig")
+
+
+def _check(ok: bool, config: str, name: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{config}.{name}: {message}")
+
+
+def _fraction(config: str, name: str, value: float | None, *, closed: bool = False) -> None:
+    if value is not None:
+        inside = 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
+        _check(inside, config, name, f"must be in [0, 1{']' if closed else ')'}, got {value}")
+
+
+def _one_of(config: str, values: dict[str, Any]) -> None:
+    given = [k for k, v in values.items() if v is not None]
+    _check(len(given) == 1, config, "|".join(values), f"give exactly one of these, got {given or 'none'}")
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"type": type(self).__name__, "version": self.version, **body}
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        data = dict(data)
+        kind = data.pop("type", cls.__name__)
+        target = CONFIGS.get(kind)
+        if not issubclass(target, cls):
+            raise UserError(f"expected a {cls.__name__}, got {kind}")
+        version = data.pop("version", target.version)
+        if version > target.version:
+            raise UserError(f"{kind} version {version} is newer than this torchslim reads ({target.version})")
+        allowed = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise UserError(f"{kind}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return target(**{**data, **tuples})  # type: ignore[return-value]
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def register_config(cls: type[C]) -> type[C]:
+    CONFIGS.register(cls.__name__, cls)
+    return cls
+
+
+@register_config
+@dataclass(frozen=True)
+class SparsityConfig(BaseConfig):
+    """Unstructured pruning: individual weights are masked to zero."""
+
+    sparsity: float | None = None
+    """Fraction of selected weights set to zero, in [0, 1)."""
+    threshold: float | None = None
+    """Alternative to `sparsity`: prune every weight whose importance is below this value."""
+    retain: int | None = None
+    """Alternative to `sparsity`: the number of selected weights to keep."""
+    importance: str = "magnitude"
+    """Criterion by registered name: magnitude, taylor, entropy, random, or a user's own."""
+    scope: Literal["layer", "global"] = "layer"
+    """`layer`: each layer reaches the sparsity; `global`: one ranking across all selected layers."""
+    allocation: Literal["uniform", "auto"] = "uniform"
+    """`auto`: per-layer sparsity from measured sensitivity to meet the global target."""
+    include: tuple[str, ...] = ()
+    """Globs of module names to prune (empty: all weighted layers)."""
+    exclude: tuple[str, ...] = ()
+    """Globs of module names to leave dense; checked before `include`."""
+    soft: bool = False
+    """Soft masks: pruned weights may regrow during training; masks are fixed at the end."""
+
+    def __post_init__(self) -> None:
+        _one_of("SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain})
+        _fraction("SparsityConfig", "sparsity", self.sparsity)
+        _check(self.retain is None or self.retain >= 0, "SparsityConfig", "retain", "must be >= 0")
+        _check(self.scope in ("layer", "global"), "SparsityConfig", "scope", "must be 'layer' or 'global'")
+        _check(self.allocation in ("uniform", "auto"), "SparsityConfig", "allocation", "must be uniform|auto")
+
+
+@register_config
+@dataclass(frozen=True)
+class ChannelConfig(BaseConfig):
+    """Structural pruning: whole channels, filters and heads are removed, layers shrink."""
+
+    ratio: float | None = None
+    """Fraction of channels removed from each prunable group, in [0, 1)."""
+    macs_target: float | None = None
+    """Alternative to `ratio`: prune until MACs are at most this fraction of the dense model's."""
+    latency_target: float | None = None
+    """Alternative to `ratio`: prune until measured latency is at most this fraction of the dense model's."""
+    importance: str = "l2"
+    """Group criterion by registered name: l1, l2, magnitude, taylor, entropy, bn_scale, random."""
+    scope: Literal["layer", "global"] = "layer"
+    """`layer`: every group loses the same fraction; `global`: one ranking across groups."""
+    round_to: int = 1
+    """Remaining channel counts are rounded to a multiple of this (8 or 16 suit fast kernels)."""
+    include: tuple[str, ...] = ()
+    """Globs of module names whose channels may be pruned (empty: all)."""
+    exclude: tuple[str, ...] = ()
+    """Globs of module names left untouched."""
+    soft: bool = False
+    """Soft filter pruning: zero channels, let them regrow in training, remove them at the end."""
+
+    def __post_init__(self) -> None:
+        values = {"ratio": self.ratio, "macs_target": self.macs_target, "latency_target": self.latency_target}
+        _one_of("ChannelConfig", values)
+        _fraction("ChannelConfig", "ratio", self.ratio)
+        for name in ("macs_target", "latency_target"):
+            value = values[name]
+            _check(value is None or 0 < value <= 1, "ChannelConfig", name, f"must be in (0, 1], got {value}")
+        _check(self.round_to >= 1, "ChannelConfig", "round_to", "must be >= 1")
+
+
+@register_config
+@dataclass(frozen=True)
+class QuantConfig(BaseConfig):
+    """Quantization of weights (and optionally activations) to low-bit integers or a codebook."""
+
+    bits: int = 8
+    """Bit width of weights, 2 to 8."""
+    weights: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
+    """Granularity of weight scales."""
+    group_size: int = 128
+    """Weights per scale along the input dimension when `weights` is per_group."""
+    symmetric: bool = True
+    """Symmetric ranges (zero point 0) or asymmetric (min/max with a zero point)."""
+    activations: Literal["dynamic", "static"] | None = None
+    """None: weight-only; dynamic: ranges per batch at run time; static: ranges from calibration."""
+    calibration: str = "minmax"
+    """Activation range estimator for static mode: minmax, moving_average, percentile, mse, entropy."""
+    kind: Literal["int", "codebook"] = "int"
+    """`int`: uniform integer grid; `codebook`: k-means weight sharing (2**bits centroids per layer)."""
+    include: tuple[str, ...] = ()
+    """Globs of module names to quantize (empty: all Linear/Conv layers)."""
+    exclude: tuple[str, ...] = ()
+    """Globs of module names kept in float."""
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.bits <= 8, "QuantConfig", "bits", f"must be in 2..8, got {self.bits}")
+        _check(self.weights in ("per_tensor", "per_channel", "per_group"), "QuantConfig", "weights",
+               f"must be per_tensor|per_channel|per_group, got {self.weights!r}")
+        _check(self.activations in (None, "dynamic", "static"), "QuantConfig", "activations",
+               f"must be null|dynamic|static, got {self.activations!r}")
+        _check(self.kind in ("int", "codebook"), "QuantConfig", "kind", f"must be int|codebook, got {self.kind!r}")
+        _check(self.group_size >= 1, "QuantConfig", "group_size", "must be >= 1")
+
+
+@register_config
+@dataclass(frozen=True)
+class DistillConfig(BaseConfig):
+    """Knowledge distillation: the student learns the teacher's softened outputs."""
+
+    temperature: float = 4.0
+    """Softmax temperature for both teacher and student logits; > 0."""
+    alpha: float = 0.9
+    """Weight of the distillation term; 1 - alpha weights the hard-label loss (0 is plain training)."""
+    epochs: int = 5
+    """Passes over the training data."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    seed: int = 0
+    """Seed for data order and initialisation."""
+    features: tuple[str, ...] = ()
+    """Pairs `student_layer:teacher_layer` whose activations are matched (FitNets)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "DistillConfig", "temperature", f"must be > 0, got {self.temperature}")
+        _fraction("DistillConfig", "alpha", self.alpha, closed=True)
+        _check(self.epochs >= 0, "DistillConfig", "epochs", "must be >= 0")
+        _check(self.lr > 0, "DistillConfig", "lr", "must be > 0")
+
+
+__all__ = ["CONFIGS", "BaseConfig", "ChannelConfig", "DistillConfig", "QuantConfig", "SparsityConfig"]

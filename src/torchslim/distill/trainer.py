@@ -1,0 +1,90 @@
+"""The training loop shared by `finetune` and `distill`: AdamW, cosine decay, seeded data order.
+
+Anything that must happen during training (a regularizer's loss term, a pruning schedule, re-applied
+masks) plugs in as a `Callback`, so the loop itself stays the same for every technique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from torchslim.data import split
+
+LossFn = Callable[[nn.Module, Any, Any], torch.Tensor]
+"""`loss_fn(model, inputs, target) -> scalar` for one batch."""
+
+
+class Callback(Protocol):
+    """Hooks into training; implement any subset (missing methods are skipped)."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor: ...
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None: ...
+    def after_epoch(self, model: nn.Module, epoch: int) -> None: ...
+
+
+class Progress(Protocol):
+    def __call__(self, description: str, total: int) -> Callable[[int], None]:
+        """Start a progress bar; returns `advance(n)`."""
+        ...
+
+
+def _no_progress(description: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def fit(
+    model: nn.Module,
+    loader: Callable[[int], Iterable[Any]],
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    callbacks: Sequence[Any] = (),
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: Progress = _no_progress,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history."""
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    batches_per_epoch = sum(1 for _ in loader(0))
+    total = max(1, epochs * batches_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    history: list[dict[str, float]] = []
+    step = 0
+    advance = progress("training", total)
+    for epoch in range(epochs):
+        model.train()
+        running, seen = 0.0, 0
+        for batch in loader(epoch):
+            inputs, target = split(batch)
+            loss = loss_fn(model, inputs, target)
+            for cb in callbacks:
+                if hasattr(cb, "extra_loss"):
+                    loss = loss + cb.extra_loss(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for cb in callbacks:
+                if hasattr(cb, "after_step"):
+                    cb.after_step(model, step, total)
+            running += float(loss.detach())
+            seen += 1
+            advance(1)
+        for cb in callbacks:
+            if hasattr(cb, "after_epoch"):
+                cb.after_epoch(model, epoch)
+        record = {"epoch": float(epoch + 1), "loss": running / max(seen, 1)}
+        if evaluate is not None:
+            record["metric"] = evaluate(model)
+        history.append(record)
+    model.eval()
+    return history

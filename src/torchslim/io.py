@@ -1,0 +1,302 @@
+"""Save and load without pickle: `manifest.json` says how to rebuild, safetensors holds the values.
+
+A saved model is a directory:
+- `manifest.json`: the source (how to build the bare architecture), the transforms applied since
+  (each replayed on load to restore structure: new shapes, masks, quantized modules), and the
+  encoding of every tensor that is not stored densely;
+- `model.safetensors`: the tensors.
+
+Three registries make this extensible: `SOURCES` (how to build a model: `zoo`, `factory`),
+`TRANSFORMS` (how to replay a structural change) and `CODECS` (how to store one tensor compactly).
+Loading executes no pickle; a `factory` source imports the named, installed module, as the user asks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from torchslim.errors import ManifestError, UserError
+from torchslim.registry import Registry
+
+FORMAT = "torchslim"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+
+SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
+
+
+class Transform(Protocol):
+    def __call__(self, model: nn.Module, params: dict[str, Any]) -> nn.Module:
+        """Replay a recorded change on the freshly built model (structure only; values load after)."""
+        ...
+
+
+class Codec(Protocol):
+    def encode(self, name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Compact stored tensors plus JSON metadata, or None when this codec does not apply or does not pay."""
+        ...
+
+    def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor: ...
+
+
+TRANSFORMS: Registry[Transform] = Registry("transform")
+CODECS: Registry[Codec] = Registry("tensor encoding")
+
+
+@dataclass
+class Record:
+    """How a live model was made: kept on the module, written to the manifest by `save`."""
+
+    source: dict[str, Any] | None = None
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+
+
+def record_of(model: nn.Module) -> Record:
+    rec = model.__dict__.get("_torchslim_record")
+    if rec is None:
+        rec = Record()
+        model.__dict__["_torchslim_record"] = rec
+    return rec
+
+
+def set_source(model: nn.Module, kind: str, **params: Any) -> nn.Module:
+    """Record how to rebuild `model`'s bare architecture, e.g. `set_source(m, "factory", target="pkg.mod:fn")`."""
+    SOURCES.get(kind)
+    record_of(model).source = {"kind": kind, **params}
+    return model
+
+
+def add_transform(model: nn.Module, name: str, params: dict[str, Any]) -> None:
+    """Record a structural change so that `load` can replay it; `name` must be in TRANSFORMS."""
+    TRANSFORMS.get(name)
+    json.dumps(params)  # fail now, not at save time, if params are not plain data
+    record_of(model).transforms.append({"name": name, "params": params})
+
+
+# -- sources --------------------------------------------------------------------------------------
+@SOURCES.register("zoo")
+def _zoo_source(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    from torchslim import zoo
+
+    return zoo.get(name).build(**(kwargs or {}))
+
+
+@SOURCES.register("factory")
+def _factory_source(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    model = resolve_factory(target)(**(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise UserError(f"factory {target!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return set_source(model, "factory", target=target, kwargs=kwargs or {})
+
+
+def resolve_factory(target: str) -> Callable[..., Any]:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"factory {target!r} must look like 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"factory {target!r}: cannot import {module_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"factory {target!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"factory {target!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+# -- codecs ---------------------------------------------------------------------------------------
+def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Each tensor in its smallest registered encoding; shared tensors stored once, as aliases."""
+    stored: dict[str, torch.Tensor] = {}
+    encodings: dict[str, Any] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            encodings[name] = {"codec": "alias", "of": seen[key]}
+            continue
+        seen[key] = name
+        best: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({name: tensor.contiguous()}, {"codec": "dense"})
+        for codec_name in CODECS:
+            out = CODECS.get(codec_name).encode(name, tensor)
+            if out is not None and _nbytes(out[0]) < _nbytes(best[0]):
+                best = (out[0], {"codec": codec_name, **out[1], "parts": sorted(out[0])})
+        stored.update(best[0])
+        if best[1]["codec"] != "dense":
+            encodings[name] = best[1]
+    return stored, encodings
+
+
+def decode_state(stored: dict[str, torch.Tensor], encodings: dict[str, Any]) -> dict[str, torch.Tensor]:
+    state = {k: v for k, v in stored.items() if not any(k in e.get("parts", ()) for e in encodings.values())}
+    for name, meta in encodings.items():
+        if meta["codec"] == "alias":
+            continue
+        parts = {p: _stored(stored, p, name) for p in meta["parts"]}
+        state[name] = CODECS.get(meta["codec"]).decode(parts, meta)
+    for name, meta in encodings.items():
+        if meta["codec"] == "alias":
+            state[name] = _stored(state, meta["of"], name)
+    return state
+
+
+def _stored(stored: dict[str, torch.Tensor], key: str, owner: str) -> torch.Tensor:
+    if key not in stored:
+        raise ManifestError(f"{WEIGHTS} lacks tensor {key!r} needed for {owner!r}")
+    return stored[key]
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    # safetensors' header costs about this much per tensor; count it so tiny encodings do not "win" by splitting
+    return sum(t.numel() * t.element_size() + 64 for t in tensors.values())
+
+
+# -- save / load ----------------------------------------------------------------------------------
+def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: bool = True) -> Path:
+    """Write `model` to directory `path` atomically (temporary sibling, then rename)."""
+    rec = record_of(model)
+    if rec.source is None and require_source:
+        raise UserError(
+            "the model has no recorded source, so it could not be rebuilt on load; build it with "
+            "torchslim.zoo or pass factory='package.module:function' (and kwargs) to torchslim.save"
+        )
+    path = Path(path)
+    if path.exists() and not (path / MANIFEST).is_file():
+        if not path.is_dir() or any(path.iterdir()):
+            raise UserError(f"{path} exists and is not a torchslim model directory; refusing to overwrite it")
+    stored, encodings = encode_state(model.state_dict())
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "torchslim_version": _version(),
+        "source": rec.source,
+        "transforms": rec.transforms,
+        "weights": WEIGHTS,
+        "encodings": encodings,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    factory: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Save to a directory (manifest.json + safetensors). `factory` names how to rebuild a user model."""
+    if factory is not None:
+        resolve_factory(factory)
+        set_source(model, "factory", target=factory, kwargs=kwargs or {})
+    return write(model, path)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+        new.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(dest)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise ManifestError(f"{path}: no such model directory")
+    if not file.is_file():
+        raise ManifestError(f"{path}: missing {MANIFEST}; not a torchslim model directory")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{file}: corrupted manifest, not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"{file}: not a torchslim manifest (format field is missing or wrong)")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ManifestError(f"{file}: format_version {version!r} is not readable by this torchslim")
+    for key, kind in (("source", dict), ("transforms", list), ("weights", str), ("encodings", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ManifestError(f"{file}: field {key!r} is missing or not a {kind.__name__}")
+    return manifest
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a saved model: build the source, replay transforms, load tensors (strict), eval mode."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for step in manifest["transforms"]:
+        if step.get("name") not in TRANSFORMS:
+            raise ManifestError(f"{path / MANIFEST}: {TRANSFORMS.unknown_message(step.get('name'))}")
+    weights = path / manifest["weights"]
+    if weights.parent != path or not weights.is_file():
+        raise ManifestError(f"{path}: weights file {manifest['weights']!r} named in {MANIFEST} is missing")
+    source = dict(manifest["source"])
+    kind = source.pop("kind", None)
+    if kind not in SOURCES:
+        raise ManifestError(f"{path / MANIFEST}: {SOURCES.unknown_message(kind)}")
+    model = SOURCES.get(kind)(**source)
+    for step in manifest["transforms"]:
+        model = TRANSFORMS.get(step["name"])(model, step.get("params", {}))
+    try:
+        stored = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ManifestError(f"{weights}: unreadable safetensors file ({exc})") from None
+    state = decode_state(stored, manifest["encodings"])
+    missing, unexpected = _state_mismatch(model, state)
+    if missing or unexpected:
+        raise ManifestError(f"{path}: weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(state, strict=True)
+    rec = record_of(model)
+    rec.source = manifest["source"]
+    rec.transforms = list(manifest["transforms"])
+    return model.eval()
+
+
+def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(state))[:10], sorted(set(state) - expected)[:10]
+
+
+def disk_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of every file under `path`."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def saved_size(model: nn.Module) -> int:
+    """Bytes that `save` writes for this model (measured by writing it to a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix="torchslim-size-") as tmp:
+        return disk_size(write(model, Path(tmp) / "model", require_source=False))
+
+
+def _version() -> str:
+    from torchslim import __version__
+
+    return __version__

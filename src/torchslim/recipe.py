@@ -1,0 +1,197 @@
+"""Recipes: YAML validated up front against the registered stages; every error names its key and line.
+
+A recipe is `model`, optional `task`, a list of `stages` (each a one-key mapping `name: {spec}`) and
+`output`. Stages plug in through `register_stage`, which also supplies the schema of their block.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from torchslim.errors import UserError
+from torchslim.registry import Registry
+
+Loc = tuple[str | int, ...]
+
+
+class StageSpec(BaseModel):
+    """Base of every stage's block: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class StageDef:
+    spec: type[StageSpec]
+    run: Callable[..., None]
+    """`run(ctx, spec)`: transform `ctx.model` (in place or by assigning a new one)."""
+
+
+STAGES: Registry[StageDef] = Registry("stage")
+BUILTIN_STAGE_MODULES = ("torchslim.distill.stages",)
+"""Modules that register the built-in stages; imported on first validation."""
+
+
+def register_stage(name: str, spec: type[StageSpec]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def add(run: Callable[..., None]) -> Callable[..., None]:
+        STAGES.register(name, StageDef(spec, run))
+        return run
+
+    return add
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    formats: list[Literal["torchslim", "onnx"]] = Field(default_factory=lambda: ["torchslim"])
+    """Artifacts written for the final model: `torchslim` (OUT/model/) and `onnx` (OUT/model.onnx)."""
+
+
+class RecipeHead(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=1)
+    """`zoo:NAME`, `package.module:factory`, a saved model directory, or a `.onnx` file."""
+    task: str | None = None
+    """Zoo task whose data and metric are used; defaults to the model's own zoo task."""
+    seed: int = 0
+    """Seed for every stage's randomness."""
+    stages: list[Any] = Field(default_factory=list)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    task: str | None
+    seed: int
+    stages: list[tuple[str, StageSpec]]
+    output: OutputSpec
+    source: str = "<recipe>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "task": self.task,
+            "seed": self.seed,
+            "stages": [{name: spec.model_dump(mode="json")} for name, spec in self.stages],
+            "output": self.output.model_dump(mode="json"),
+        }
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path}: no such file")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe {path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    return parse_recipe(data, source=str(path), node=node)
+
+
+def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None = None) -> Recipe:
+    """Validate a recipe given as plain data (`node` gives line numbers when it came from YAML)."""
+    for module in BUILTIN_STAGE_MODULES:
+        importlib.import_module(module)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a mapping with keys model, stages, output")
+    errors: list[tuple[Loc, str]] = []
+    try:
+        head = RecipeHead.model_validate(data)
+    except ValidationError as exc:
+        errors += [(tuple(e["loc"]), _message(e, RecipeHead)) for e in exc.errors()]
+        head = None
+    stages = _parse_stages(data.get("stages") or [], errors)
+    if errors:
+        loc, msg = errors[0]
+        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise UserError(f"{source}{_line(node, loc)}: {_dotted(loc)}: {msg}{more}")
+    assert head is not None
+    return Recipe(head.model, head.task, head.seed, stages, head.output, source)
+
+
+def _parse_stages(raw: Any, errors: list[tuple[Loc, str]]) -> list[tuple[str, StageSpec]]:
+    if not isinstance(raw, list):
+        errors.append((("stages",), "must be a list of one-key mappings like `- finetune: {epochs: 1}`"))
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or len(item) != 1:
+            errors.append((("stages", i), "each stage is a mapping with exactly one key, the stage name"))
+            continue
+        name, body = next(iter(item.items()))
+        if name not in STAGES:
+            errors.append((("stages", i, name), STAGES.unknown_message(name)))
+            continue
+        try:
+            out.append((name, STAGES.get(name).spec.model_validate(body or {})))
+        except ValidationError as exc:
+            spec = STAGES.get(name).spec
+            errors += [(("stages", i, name, *e["loc"]), _message(e, spec)) for e in exc.errors()]
+    return out
+
+
+def _message(error: Any, schema: type[BaseModel]) -> str:
+    if error["type"] == "extra_forbidden":
+        allowed = _fields_at(schema, error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"unknown key{hint} (allowed: {', '.join(allowed)})"
+    if error["type"] == "missing":
+        return "required key is missing"
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    return f"{error['msg']}{shown}"
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "recipe"
+
+
+def _line(node: yaml.Node | None, loc: Loc) -> str:
+    """`, line N` of the deepest YAML node that `loc` reaches."""
+    if node is None:
+        return ""
+    line = node.start_mark.line
+    for part in loc:
+        child = _child(node, part)
+        if child is None:
+            break
+        node, line = child
+    return f", line {line + 1}"
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == part:
+                return value, key.start_mark.line
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        child = node.value[part]
+        return child, child.start_mark.line
+    return None
+
+
+def _fields_at(schema: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the (nested) model that `loc` points into."""
+    for part in loc:
+        field = schema.model_fields.get(str(part))
+        nested = field.annotation if field is not None else None
+        if not (isinstance(nested, type) and issubclass(nested, BaseModel)):
+            break
+        schema = nested
+    return list(schema.model_fields)

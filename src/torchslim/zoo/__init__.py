@@ -1,0 +1,40 @@
+"""Embedded tasks: trained baselines on real data that ships with installed packages.
+
+`ts.zoo.get("lenet5-digits")` returns the task; see `torchslim.zoo.base.Task` for its interface.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from torchslim.registry import Registry
+
+if TYPE_CHECKING:
+    from torchslim.zoo.base import Task
+
+# name -> "module:Class" (imported lazily, so `import torchslim` stays light) or a Task subclass.
+TASKS: Registry[str | type[Task]] = Registry("zoo task")
+TASKS.register("lenet5-digits", "torchslim.zoo.lenet:LeNetDigits")
+TASKS.register("mnist1d-cnn", "torchslim.zoo.mnist1d:Mnist1dCNN")
+TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
+
+_instances: dict[str, Task] = {}
+
+
+def get(name: str) -> Task:
+    """The task registered under `name` (one shared instance per process)."""
+    if name not in _instances:
+        entry = TASKS.get(name)
+        if isinstance(entry, str):
+            module, _, cls = entry.partition(":")
+            entry = getattr(importlib.import_module(module), cls)
+        _instances[name] = entry()
+    return _instances[name]
+
+
+def names() -> list[str]:
+    return TASKS.names()
+
+
+__all__ = ["TASKS", "get", "names"]

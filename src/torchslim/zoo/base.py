@@ -1,0 +1,108 @@
+"""The embedded task interface: a trained baseline, real data and a metric, all offline.
+
+A task trains its baseline once (fixed seeds) and caches the weights as safetensors under
+`$XDG_CACHE_HOME/torchslim/<task>-<code hash>/`, so editing a task's code retrains it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import inspect
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from torchslim.io import set_source
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "torchslim"
+
+
+class Task(abc.ABC):
+    name: str
+    metric: str = "accuracy"
+    """Name of the task metric that `evaluate` returns (a float in [0, 1], higher is better)."""
+
+    @abc.abstractmethod
+    def make(self, **kwargs: Any) -> nn.Module:
+        """An untrained model of the task's architecture (`width` scales channel counts)."""
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        """`make`, tagged so that `ts.save`/`ts.load` can rebuild it as `zoo:<name>` with these kwargs."""
+        return set_source(self.make(**kwargs), "zoo", name=self.name, kwargs=kwargs)
+
+    @abc.abstractmethod
+    def train_baseline(self, model: nn.Module) -> None:
+        """Train `model` in place from its fixed-seed initialisation."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module) -> float:
+        """The task metric on the test split."""
+
+    @abc.abstractmethod
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        """The training loss used by fine-tuning (and the hard-label term of distillation)."""
+
+    @property
+    @abc.abstractmethod
+    def example_inputs(self) -> Any:
+        """A batch of inputs for tracing and timing."""
+
+    @abc.abstractmethod
+    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> Iterable[Any]: ...
+
+    @abc.abstractmethod
+    def test_loader(self, batch_size: int | None = None) -> Iterable[Any]: ...
+
+    def calibration_loader(self, batches: int = 8, batch_size: int | None = None) -> list[Any]:
+        """A few training batches in a fixed order, for calibration and importance statistics."""
+        out = []
+        for i, batch in enumerate(self.train_loader(batch_size=batch_size, seed=1234)):
+            if i >= batches:
+                break
+            out.append(batch)
+        return out
+
+    # -- the cached baseline -------------------------------------------------------------------
+    def code_hash(self) -> str:
+        source = inspect.getsource(sys.modules[type(self).__module__])
+        return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+    def cache_dir(self) -> Path:
+        return cache_root() / f"{self.name}-{self.code_hash()}"
+
+    def model(self) -> nn.Module:
+        """The trained baseline, a fresh copy per call (trained on first use, then read from cache)."""
+        weights = self.cache_dir() / "model.safetensors"
+        if not weights.exists():
+            self._train_and_cache(weights)
+        model = self.build()
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+
+    def _train_and_cache(self, weights: Path) -> None:
+        torch.manual_seed(0)
+        model = self.build()
+        self.train_baseline(model)
+        weights.parent.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=weights.parent.parent))
+        try:
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / weights.name))
+            try:
+                tmp.rename(weights.parent)
+            except OSError:  # another process cached it first: theirs is equal, keep it
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

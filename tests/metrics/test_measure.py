@@ -1,0 +1,59 @@
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune
+
+import torchslim as ts
+from torchslim.metrics import layer_table
+from torchslim.metrics.latency import threads, time_fn
+from torchslim.metrics.size import nonzero_params, param_count
+
+
+def test_lenet5_parameters_and_nonzeros(lenet) -> None:
+    assert param_count(lenet) == 431_080
+    with torch.no_grad():
+        lenet.fc1.weight[:100].zero_()
+    assert nonzero_params(lenet) == 431_080 - 100 * 800
+
+
+def test_reparametrized_weights_count_as_the_forward_pass_sees_them() -> None:
+    layer = nn.Linear(10, 10)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.5)
+    assert param_count(layer) == 110
+    assert nonzero_params(layer) == 110 - 50
+
+
+def test_measure_reports_every_field(tiny_task) -> None:
+    model = tiny_task.model()
+    m = ts.measure(model, tiny_task.example_inputs, tiny_task.test_loader(), repeats=3)
+    assert m.params == 64 * 32 + 32 + 32 * 10 + 10
+    assert m.macs == 64 * 32 + 32 * 10
+    assert m.accuracy is not None and m.accuracy > 0.85
+    assert m.accuracy == tiny_task.evaluate(model)
+    assert m.size_bytes > 4 * m.params  # float32 weights plus header and manifest
+    assert m.latency_ms > 0 and m.runtime == "torch"
+    assert set(m.to_dict()) >= {"params", "nonzero_params", "macs", "size_bytes", "latency_ms", "accuracy"}
+
+
+def test_size_grows_with_parameters(tiny_task) -> None:
+    small = ts.measure(tiny_task.build(width=0.25), tiny_task.example_inputs, repeats=1)
+    large = ts.measure(tiny_task.build(width=2.0), tiny_task.example_inputs, repeats=1)
+    assert small.size_bytes < large.size_bytes
+    assert large.size_bytes - small.size_bytes >= 4 * (large.params - small.params)
+
+
+def test_latency_uses_one_thread_and_restores_the_setting() -> None:
+    before = torch.get_num_threads()
+    seen = []
+    with threads(1):
+        time_fn(lambda: seen.append(torch.get_num_threads()), warmup=1, repeats=3, min_seconds=0)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+
+
+def test_layer_table(lenet) -> None:
+    with torch.no_grad():
+        lenet.fc2.weight[:5].zero_()
+    rows = {r["name"]: r for r in layer_table(lenet, torch.randn(1, 1, 28, 28))}
+    assert list(rows) == ["conv1", "conv2", "fc1", "fc2"]
+    assert rows["fc2"]["shape"] == [10, 500] and rows["fc2"]["params"] == 5010
+    assert rows["fc2"]["sparsity"] == 2500 / 5010
+    assert rows["conv2"]["macs"] == 1_600_000 and rows["conv1"]["bits"] == 32
