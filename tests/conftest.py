@@ -71,7 +71,9 @@ class TinyDigits(Task):
 
     def train_loader(self, batch_size: int | None = None, seed: int = 0) -> Iterable[Any]:
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(TensorDataset(*self._data[:2]), batch_size=batch_size or 128, shuffle=True, generator=gen)
+        return DataLoader(
+            TensorDataset(*self._data[:2]), batch_size=batch_size or 128, shuffle=True, generator=gen
+        )
 
     def test_loader(self, batch_size: int | None = None) -> Iterable[Any]:
         return DataLoader(TensorDataset(*self._data[2:]), batch_size=batch_size or 256)

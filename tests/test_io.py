@@ -33,7 +33,15 @@ def test_save_load_roundtrip_in_a_new_process(tmp_path: Path) -> None:
         "torch.save(m(x), sys.argv[4])"
     )
     subprocess.run(
-        [sys.executable, "-c", code, str(TESTS), str(tmp_path / "m"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(TESTS),
+            str(tmp_path / "m"),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+        ],
         check=True,
     )
     assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
@@ -43,7 +51,11 @@ def test_directory_holds_manifest_and_safetensors_only(tmp_path: Path) -> None:
     ts.save(_factory_model(), tmp_path / "m", factory="conftest:make_digits_mlp", kwargs={"hidden": 16})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["manifest.json", "model.safetensors"]
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert manifest["source"] == {"kind": "factory", "target": "conftest:make_digits_mlp", "kwargs": {"hidden": 16}}
+    assert manifest["source"] == {
+        "kind": "factory",
+        "target": "conftest:make_digits_mlp",
+        "kwargs": {"hidden": 16},
+    }
     assert manifest["format"] == "torchslim" and manifest["transforms"] == []
 
 
@@ -52,7 +64,10 @@ def test_zoo_models_remember_their_source(tmp_path: Path, tiny_task) -> None:
     ts.save(model, tmp_path / "m")
     loaded = ts.load(tmp_path / "m")
     assert loaded.fc1.out_features == 16
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
 
 
 def test_model_without_source_is_a_clear_error(tmp_path: Path) -> None:
@@ -75,7 +90,9 @@ def test_tied_weights_are_stored_once(tmp_path: Path) -> None:
 
 @pytest.fixture
 def saved(tmp_path: Path) -> Path:
-    return ts.save(_factory_model(), tmp_path / "m", factory="conftest:make_digits_mlp", kwargs={"hidden": 16})
+    return ts.save(
+        _factory_model(), tmp_path / "m", factory="conftest:make_digits_mlp", kwargs={"hidden": 16}
+    )
 
 
 def test_corrupted_manifest_is_a_clear_error(saved: Path) -> None:

@@ -29,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchslim", description="Make trained PyTorch networks smaller and faster.")
+    parser = argparse.ArgumentParser(
+        prog="torchslim", description="Make trained PyTorch networks smaller and faster."
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,compress,inspect}")
     common = argparse.ArgumentParser(add_help=False)

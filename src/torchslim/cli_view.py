@@ -12,23 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from torchslim.pipeline import Reporter
+from torchslim.report import fmt_bytes, fmt_count
 
 console = Console(stderr=True)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
-
-
-def human_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f}"
 
 
 class RichReporter(Reporter):
@@ -37,15 +23,22 @@ class RichReporter(Reporter):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True, disable=not enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
         )
 
     def __enter__(self) -> RichReporter:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self._progress.stop()
 
     def stage(self, index: int, total: int, name: str) -> None:
@@ -55,8 +48,8 @@ class RichReporter(Reporter):
     def measured(self, row: dict[str, Any]) -> None:
         if self.enabled:
             self._progress.console.print(
-                f"  metric {row['accuracy']:.4f}  size {human_bytes(row['size_bytes'])}  "
-                f"nonzero {human_count(row['nonzero_params'])}  latency {row['latency_ms']:.3f} ms"
+                f"  metric {row['accuracy']:.4f}  size {fmt_bytes(row['size_bytes'])}  "
+                f"nonzero {fmt_count(row['nonzero_params'])}  latency {row['latency_ms']:.3f} ms"
             )
 
     def progress(self, description: str, total: int) -> Callable[[int], None]:
@@ -70,8 +63,13 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in report["stages"]:
         table.add_row(
-            s["name"], human_count(s["params"]), human_count(s["nonzero_params"]), human_count(s["macs"]),
-            human_bytes(s["size_bytes"]), f"{s['latency_ms']:.3f} ms ({s['runtime']})", f"{s['accuracy']:.4f}",
+            s["name"],
+            fmt_count(s["params"]),
+            fmt_count(s["nonzero_params"]),
+            fmt_count(s["macs"]),
+            fmt_bytes(s["size_bytes"]),
+            f"{s['latency_ms']:.3f} ms ({s['runtime']})",
+            f"{s['accuracy']:.4f}",
         )
     out_console = Console()
     out_console.print(table)
@@ -87,7 +85,12 @@ def print_layers(title: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
     for r in rows:
         table.add_row(
-            r["name"], r["type"], "×".join(map(str, r["shape"])), human_count(r["params"]),
-            f"{r['sparsity']:.1%}", human_count(r["macs"]), str(r["bits"]),
+            r["name"],
+            r["type"],
+            "×".join(map(str, r["shape"])),
+            fmt_count(r["params"]),
+            f"{r['sparsity']:.1%}",
+            fmt_count(r["macs"]),
+            str(r["bits"]),
         )
     Console().print(table)

@@ -56,7 +56,7 @@ class BaseConfig:
         if unknown:
             raise UserError(f"{kind}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return target(**{**data, **tuples})  # type: ignore[return-value]
+        return target(**{**data, **tuples})
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -80,8 +80,8 @@ class SparsityConfig(BaseConfig):
     """Fraction of selected weights set to zero, in [0, 1)."""
     threshold: float | None = None
     """Alternative to `sparsity`: prune every weight whose importance is below this value."""
-    retain: int | None = None
-    """Alternative to `sparsity`: the number of selected weights to keep."""
+    retain: float | None = None
+    """Alternative to `sparsity`: the fraction of selected weights kept, in (0, 1] (0.9 keeps 90%)."""
     importance: str = "magnitude"
     """Criterion by registered name: magnitude, taylor, entropy, random, or a user's own."""
     scope: Literal["layer", "global"] = "layer"
@@ -96,9 +96,12 @@ class SparsityConfig(BaseConfig):
     """Soft masks: pruned weights may regrow during training; masks are fixed at the end."""
 
     def __post_init__(self) -> None:
-        _one_of("SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain})
+        _one_of(
+            "SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain}
+        )
         _fraction("SparsityConfig", "sparsity", self.sparsity)
-        _check(self.retain is None or self.retain >= 0, "SparsityConfig", "retain", "must be >= 0")
+        _check(self.retain is None or 0 < self.retain <= 1, "SparsityConfig", "retain", "must be in (0, 1]")
+        _check(self.threshold is None or self.threshold >= 0, "SparsityConfig", "threshold", "must be >= 0")
         _check(self.scope in ("layer", "global"), "SparsityConfig", "scope", "must be 'layer' or 'global'")
         _check(self.allocation in ("uniform", "auto"), "SparsityConfig", "allocation", "must be uniform|auto")
 
@@ -163,11 +166,24 @@ class QuantConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         _check(2 <= self.bits <= 8, "QuantConfig", "bits", f"must be in 2..8, got {self.bits}")
-        _check(self.weights in ("per_tensor", "per_channel", "per_group"), "QuantConfig", "weights",
-               f"must be per_tensor|per_channel|per_group, got {self.weights!r}")
-        _check(self.activations in (None, "dynamic", "static"), "QuantConfig", "activations",
-               f"must be null|dynamic|static, got {self.activations!r}")
-        _check(self.kind in ("int", "codebook"), "QuantConfig", "kind", f"must be int|codebook, got {self.kind!r}")
+        _check(
+            self.weights in ("per_tensor", "per_channel", "per_group"),
+            "QuantConfig",
+            "weights",
+            f"must be per_tensor|per_channel|per_group, got {self.weights!r}",
+        )
+        _check(
+            self.activations in (None, "dynamic", "static"),
+            "QuantConfig",
+            "activations",
+            f"must be null|dynamic|static, got {self.activations!r}",
+        )
+        _check(
+            self.kind in ("int", "codebook"),
+            "QuantConfig",
+            "kind",
+            f"must be int|codebook, got {self.kind!r}",
+        )
         _check(self.group_size >= 1, "QuantConfig", "group_size", "must be >= 1")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
 from torchslim.registry import Registry
 
@@ -46,8 +46,10 @@ class Transform(Protocol):
 
 
 class Codec(Protocol):
-    def encode(self, name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """Compact stored tensors plus JSON metadata, or None when this codec does not apply or does not pay."""
+    def encode(
+        self, name: str, tensor: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Compact stored tensors plus JSON metadata, or None when this codec does not apply."""
         ...
 
     def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor: ...
@@ -74,7 +76,7 @@ def record_of(model: nn.Module) -> Record:
 
 
 def set_source(model: nn.Module, kind: str, **params: Any) -> nn.Module:
-    """Record how to rebuild `model`'s bare architecture, e.g. `set_source(m, "factory", target="pkg.mod:fn")`."""
+    """Record how to rebuild `model`'s bare architecture: `set_source(m, "factory", target="pkg.mod:fn")`."""
     SOURCES.get(kind)
     record_of(model).source = {"kind": kind, **params}
     return model
@@ -117,7 +119,7 @@ def resolve_factory(target: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"factory {target!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 # -- codecs ---------------------------------------------------------------------------------------
@@ -125,15 +127,23 @@ def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     """Each tensor in its smallest registered encoding; shared tensors stored once, as aliases."""
     stored: dict[str, torch.Tensor] = {}
     encodings: dict[str, Any] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
     for name, tensor in state.items():
         tensor = tensor.detach()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.dtype,
+        )
         if tensor.numel() and key in seen:
             encodings[name] = {"codec": "alias", "of": seen[key]}
             continue
         seen[key] = name
-        best: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({name: tensor.contiguous()}, {"codec": "dense"})
+        best: tuple[dict[str, torch.Tensor], dict[str, Any]] = (
+            {name: tensor.contiguous()},
+            {"codec": "dense"},
+        )
         for codec_name in CODECS:
             out = CODECS.get(codec_name).encode(name, tensor)
             if out is not None and _nbytes(out[0]) < _nbytes(best[0]):
@@ -164,7 +174,7 @@ def _stored(stored: dict[str, torch.Tensor], key: str, owner: str) -> torch.Tens
 
 
 def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    # safetensors' header costs about this much per tensor; count it so tiny encodings do not "win" by splitting
+    # safetensors' header costs about this much per tensor: count it, so splitting a tiny tensor never "wins"
     return sum(t.numel() * t.element_size() + 64 for t in tensors.values())
 
 
@@ -178,9 +188,9 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
             "torchslim.zoo or pass factory='package.module:function' (and kwargs) to torchslim.save"
         )
     path = Path(path)
-    if path.exists() and not (path / MANIFEST).is_file():
-        if not path.is_dir() or any(path.iterdir()):
-            raise UserError(f"{path} exists and is not a torchslim model directory; refusing to overwrite it")
+    foreign = path.exists() and not (path / MANIFEST).is_file()
+    if foreign and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{path} exists and is not a torchslim model directory; refusing to overwrite it")
     stored, encodings = encode_state(model.state_dict())
     manifest = {
         "format": FORMAT,
@@ -191,14 +201,10 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
         "weights": WEIGHTS,
         "encodings": encodings,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with temp_dir_beside(path) as tmp:
         save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -214,16 +220,6 @@ def save(
         resolve_factory(factory)
         set_source(model, "factory", target=factory, kwargs=kwargs or {})
     return write(model, path)
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(old)
-        new.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(dest)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -272,7 +268,9 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     state = decode_state(stored, manifest["encodings"])
     missing, unexpected = _state_mismatch(model, state)
     if missing or unexpected:
-        raise ManifestError(f"{path}: weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}")
+        raise ManifestError(
+            f"{path}: weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}"
+        )
     model.load_state_dict(state, strict=True)
     rec = record_of(model)
     rec.source = manifest["source"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from torchslim import io, zoo
+from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
@@ -93,7 +93,7 @@ def run_recipe(
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of `recipe`, write OUT/{report.json, report.html, model/, stages/}; return the report."""
+    """Run every stage of `recipe` and write OUT/ (report.json, report.html, model/, stages/)."""
     recipe = _coerce(recipe)
     out = Path(out) if out is not None else Path("runs") / Path(recipe.source).stem
     if out.exists() and not overwrite:
@@ -101,13 +101,9 @@ def run_recipe(
     reporter = reporter or Reporter()
     model = resolve_model(recipe.model)
     task = resolve_task(recipe.task, model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with temp_dir_beside(out) as work:
         report = _run(recipe, model, task, work, reporter)
-        io.replace_dir(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        replace_dir(work, out)
     return report
 
 
@@ -145,7 +141,9 @@ def _checkpoint(model: nn.Module, task: Task, directory: Path) -> tuple[nn.Modul
     """Save, load back, and measure the loaded model; the loaded one continues down the pipeline."""
     io.write(model, directory)
     loaded = io.load(directory)
-    return loaded, measure(loaded, task.example_inputs, task=task, size_bytes=io.disk_size(directory)).to_dict()
+    return loaded, measure(
+        loaded, task.example_inputs, task=task, size_bytes=io.disk_size(directory)
+    ).to_dict()
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -51,7 +51,7 @@ def register_stage(name: str, spec: type[StageSpec]) -> Callable[[Callable[..., 
 
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    formats: list[Literal["torchslim", "onnx"]] = Field(default_factory=lambda: ["torchslim"])
+    formats: list[Literal["torchslim", "onnx"]] = ["torchslim"]
     """Artifacts written for the final model: `torchslim` (OUT/model/) and `onnx` (OUT/model.onnx)."""
 
 
@@ -115,7 +115,9 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
     stages = _parse_stages(data.get("stages") or [], errors)
     if errors:
         loc, msg = errors[0]
-        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        more = (
+            f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        )
         raise UserError(f"{source}{_line(node, loc)}: {_dotted(loc)}: {msg}{more}")
     assert head is not None
     return Recipe(head.model, head.task, head.seed, stages, head.output, source)

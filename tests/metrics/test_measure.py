@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune
@@ -55,5 +56,5 @@ def test_layer_table(lenet) -> None:
     rows = {r["name"]: r for r in layer_table(lenet, torch.randn(1, 1, 28, 28))}
     assert list(rows) == ["conv1", "conv2", "fc1", "fc2"]
     assert rows["fc2"]["shape"] == [10, 500] and rows["fc2"]["params"] == 5010
-    assert rows["fc2"]["sparsity"] == 2500 / 5010
+    assert rows["fc2"]["sparsity"] == pytest.approx(2500 / 5010, abs=1e-6)
     assert rows["conv2"]["macs"] == 1_600_000 and rows["conv1"]["bits"] == 32

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from torchslim.data import call
 from torchslim.distill.trainer import fit
-from torchslim.prune.regularize import RegularizeSpec, Regularizer
+from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
 
 
@@ -22,7 +22,7 @@ class FinetuneSpec(StageSpec):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int | None = Field(None, ge=1)
     """Training batch size; the task's default when null."""
-    regularize: RegularizeSpec = Field(default_factory=RegularizeSpec)
+    regularize: RegularizeSpec = RegularizeSpec()
     """Sparsity-inducing penalties added to the loss."""
 
 
@@ -34,7 +34,10 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
     def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
         return task.loss(call(model, inputs), target)
 
-    callbacks = [*ctx.callbacks, *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else [])]
+    callbacks = [
+        *ctx.callbacks,
+        *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []),
+    ]
     history = fit(
         ctx.model,
         lambda epoch: task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch),

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch.nn as nn
 
 from torchslim.metrics.accuracy import top1_accuracy
-from torchslim.metrics.layers import layer_table
 from torchslim.metrics.latency import measure_latency
+from torchslim.metrics.layers import layer_table
 from torchslim.metrics.macs import count_macs
 from torchslim.metrics.size import nonzero_params, param_count, saved_size
 

@@ -34,7 +34,9 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20, min_se
         fn()
     samples: list[float] = []
     start = time.perf_counter()
-    while len(samples) < repeats or (time.perf_counter() - start < min_seconds and len(samples) < 10 * repeats):
+    while len(samples) < repeats or (
+        time.perf_counter() - start < min_seconds and len(samples) < 10 * repeats
+    ):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
