@@ -7,12 +7,11 @@ A task trains its baseline once (fixed seeds) and caches the weights as safetens
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import inspect
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from torchslim.atomic import temp_dir_beside
 from torchslim.io import set_source
 
 
@@ -95,14 +95,9 @@ class Task(abc.ABC):
         torch.manual_seed(0)
         model = self.build()
         self.train_baseline(model)
-        weights.parent.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=weights.parent.parent))
-        try:
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        with temp_dir_beside(weights.parent) as tmp:
             save_file(state, str(tmp / weights.name))
-            try:
+            # another process may have cached it first: its weights are equal, keep them
+            with contextlib.suppress(OSError):
                 tmp.rename(weights.parent)
-            except OSError:  # another process cached it first: theirs is equal, keep it
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
