@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 from torchslim.errors import UserError
 
@@ -17,6 +17,11 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+
+    @overload
+    def register(self, name: str, obj: None = None, *, replace: bool = False) -> Callable[[T], T]: ...
+    @overload
+    def register(self, name: str, obj: T, *, replace: bool = False) -> T: ...
 
     def register(self, name: str, obj: T | None = None, *, replace: bool = False) -> Callable[[T], T] | T:
         """`reg.register("x", obj)` or as a decorator `@reg.register("x")`."""

@@ -1,4 +1,4 @@
-"""Recipe stages that train: `finetune` (plain training on the task)."""
+"""Recipe stages that train: `finetune` (plain training on the task) and `distill` (from a teacher)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from torchslim.config import DistillConfig
 from torchslim.data import call
+from torchslim.distill.api import distill
 from torchslim.distill.trainer import fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
@@ -50,3 +52,51 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         seed=ctx.seed,
     )
     ctx.note(history=history)
+
+
+class DistillSpec(StageSpec):
+    teacher: str = "baseline"
+    """`baseline` (the model before the first stage), `zoo:NAME`, a saved model directory or a factory."""
+    temperature: float = Field(4.0, gt=0)
+    """Softmax temperature of the soft targets."""
+    alpha: float = Field(0.9, ge=0, le=1)
+    """Weight of the distillation term; 1 - alpha weights the hard-label loss."""
+    epochs: int = Field(1, ge=0, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int | None = Field(None, ge=1)
+    features: list[str] = Field(default_factory=list)
+    """`student_layer:teacher_layer` pairs whose activations are matched (FitNets)."""
+    regularize: RegularizeSpec = RegularizeSpec()
+
+
+@register_stage("distill", DistillSpec)
+def distill_stage(ctx: Any, spec: DistillSpec) -> None:
+    """Train the current model from the teacher's outputs on the task's training data."""
+    teacher = ctx.teacher if spec.teacher == "baseline" else _resolve_teacher(spec.teacher)
+    config = DistillConfig(
+        temperature=spec.temperature,
+        alpha=spec.alpha,
+        epochs=spec.epochs,
+        lr=spec.lr,
+        seed=ctx.seed,
+        features=tuple(spec.features),
+    )
+    task = ctx.task
+    regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []
+    history = distill(
+        ctx.model,
+        teacher,
+        lambda epoch: task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch),
+        config,
+        outputs=task.outputs,
+        hard_loss=task.loss,
+        callbacks=[*ctx.callbacks, *regularizer],
+        progress=ctx.progress,
+    )
+    ctx.note(history=history)
+
+
+def _resolve_teacher(spec: str) -> nn.Module:
+    from torchslim.pipeline import resolve_model
+
+    return resolve_model(spec)

@@ -46,10 +46,16 @@ def fit(
     weight_decay: float = 0.0,
     callbacks: Sequence[Any] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
+    keep_best: bool = False,
+    patience: int | None = None,
     progress: Progress = _no_progress,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history."""
+    """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
+
+    With `evaluate`, the metric is recorded each epoch; `keep_best` restores the weights of the best
+    epoch at the end, and `patience` stops after that many epochs without improvement.
+    """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -57,6 +63,7 @@ def fit(
     total = max(1, epochs * batches_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     history: list[dict[str, float]] = []
+    best = _Best()
     step = 0
     advance = progress("training", total)
     for epoch in range(epochs):
@@ -83,8 +90,27 @@ def fit(
             if hasattr(cb, "after_epoch"):
                 cb.after_epoch(model, epoch)
         record = {"epoch": float(epoch + 1), "loss": running / max(seen, 1)}
+        history.append(record)
         if evaluate is not None:
             record["metric"] = evaluate(model)
-        history.append(record)
+            best.offer(model, record["metric"], epoch)
+            if patience is not None and epoch - best.epoch >= patience:
+                break
+    if keep_best and best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
     return history
+
+
+class _Best:
+    """The best epoch so far and a copy of its weights."""
+
+    def __init__(self) -> None:
+        self.metric = float("-inf")
+        self.epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, model: nn.Module, metric: float, epoch: int) -> None:
+        if metric > self.metric:
+            self.metric, self.epoch = metric, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}

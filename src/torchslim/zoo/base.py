@@ -33,6 +33,8 @@ class Task(abc.ABC):
     name: str
     metric: str = "accuracy"
     """Name of the task metric that `evaluate` returns (a float in [0, 1], higher is better)."""
+    outputs: str = "logits"
+    """What the model outputs, which picks the distillation loss: `logits` or `embedding`."""
 
     @abc.abstractmethod
     def make(self, **kwargs: Any) -> nn.Module:

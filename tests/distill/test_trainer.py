@@ -1,0 +1,53 @@
+import torch
+
+from torchslim.distill.trainer import fit
+
+
+def test_keep_best_and_patience(tiny_task) -> None:
+    model = tiny_task.build()
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.4])
+    seen = {}
+
+    def evaluate(m: torch.nn.Module) -> float:
+        score = next(scores)
+        seen[score] = m.fc1.weight.detach().clone()
+        return score
+
+    def loss_fn(m, x, y):
+        return tiny_task.loss(m(x), y)
+
+    history = fit(
+        model,
+        lambda epoch: tiny_task.train_loader(seed=epoch),
+        loss_fn,
+        epochs=5,
+        lr=1e-2,
+        evaluate=evaluate,
+        keep_best=True,
+        patience=2,
+    )
+    assert [h["metric"] for h in history] == [0.5, 0.9, 0.7, 0.6]  # stopped 2 epochs after the best
+    assert torch.equal(model.fc1.weight, seen[0.9])
+
+
+def test_callbacks_see_every_step(tiny_task) -> None:
+    calls = []
+
+    class Spy:
+        def extra_loss(self, model):
+            return torch.zeros(())
+
+        def after_step(self, model, step, total):
+            calls.append((step, total))
+
+    model = tiny_task.build()
+    fit(
+        model,
+        lambda epoch: tiny_task.train_loader(seed=epoch),
+        lambda m, x, y: tiny_task.loss(m(x), y),
+        epochs=2,
+        lr=1e-3,
+        callbacks=[Spy()],
+    )
+    steps_per_epoch = len(list(tiny_task.train_loader()))
+    assert calls[-1] == (2 * steps_per_epoch, 2 * steps_per_epoch) and len(calls) == 2 * steps_per_epoch
