@@ -54,7 +54,51 @@ def test_a_failing_stage_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(pipeline, "write_report", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ts.run_recipe(TINY, tmp_path / "run")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".run.partial"]  # kept for --resume, hidden
+
+
+def test_resume_reuses_finished_stages_and_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchslim import pipeline
+
+    recipe = {**TINY, "stages": [{"finetune": {"epochs": 2, "lr": 0.001}}, {"finetune": {"epochs": 1}}]}
+    reference = ts.run_recipe(recipe, tmp_path / "reference")
+    calls = []
+    real = pipeline._run_stage
+
+    def crash_on_second_finetune(ctx, index, *args):  # type: ignore[no-untyped-def]
+        calls.append(index)
+        if index == 2 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(ctx, index, *args)
+
+    monkeypatch.setattr(pipeline, "_run_stage", crash_on_second_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        ts.run_recipe(recipe, tmp_path / "run")
+    report = ts.run_recipe(recipe, tmp_path / "run", resume=True)
+    assert calls == [0, 1, 2, 2]  # the baseline and first finetune were not run again
+    assert [s["accuracy"] for s in report["stages"]] == [s["accuracy"] for s in reference["stages"]]
+    final = ts.load(tmp_path / "run" / "model").state_dict()
+    expected = ts.load(tmp_path / "reference" / "model").state_dict()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert sorted(p.name for p in (tmp_path / "run" / "stages").iterdir()) == [
+        "00-baseline",
+        "01-finetune",
+        "02-finetune",
+    ]
+
+
+def test_resume_refuses_a_different_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchslim import pipeline
+
+    monkeypatch.setattr(pipeline, "write_report", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ts.run_recipe(TINY, tmp_path / "run")
+    monkeypatch.undo()
+    other = {**TINY, "stages": [{"finetune": {"epochs": 2}}]}
+    with pytest.raises(UserError, match="different recipe"):
+        ts.run_recipe(other, tmp_path / "run", resume=True)
 
 
 def test_resolve_model_forms(tmp_path: Path) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from torchslim import zoo
+from torchslim import prune, zoo
 from torchslim.config import ChannelConfig, DistillConfig, QuantConfig, SparsityConfig
+from torchslim.distill.api import distill
 from torchslim.errors import ManifestError, UserError
 from torchslim.export import export_onnx
 from torchslim.io import load, save
 from torchslim.metrics import Measurement, measure
 from torchslim.pipeline import run_recipe
+from torchslim.prune import make_permanent, prune_, register_importance
+from torchslim.quant import quantize_
 
 __all__ = [
     "ChannelConfig",
@@ -21,9 +24,15 @@ __all__ = [
     "SparsityConfig",
     "UserError",
     "__version__",
+    "distill",
     "export_onnx",
     "load",
+    "make_permanent",
     "measure",
+    "prune",
+    "prune_",
+    "quantize_",
+    "register_importance",
     "run_recipe",
     "save",
     "zoo",

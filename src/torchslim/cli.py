@@ -41,12 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="the main job on the embedded default task")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT")
     demo.set_defaults(handler=_demo)
 
     compress = sub.add_parser("compress", parents=[common], help="run a recipe")
     compress.add_argument("recipe", help="recipe YAML file")
     compress.add_argument("--out", help="output directory (default: runs/<recipe name>)")
     compress.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    compress.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT")
     compress.set_defaults(handler=_compress)
 
     inspect = sub.add_parser("inspect", parents=[common], help="per-layer table of a model")
@@ -74,7 +76,7 @@ def _run(recipe: Any, out: str | None, args: argparse.Namespace) -> dict[str, An
 
     quiet = args.quiet or args.json
     with RichReporter(enabled=not quiet) as reporter:
-        report = run_recipe(recipe, out, overwrite=args.overwrite, reporter=reporter)
+        report = run_recipe(recipe, out, overwrite=args.overwrite, resume=args.resume, reporter=reporter)
     out_dir = Path(out) if out else Path("runs") / Path(getattr(recipe, "source", str(recipe))).stem
     if not quiet:
         print_summary(report, out_dir)

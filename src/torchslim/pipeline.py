@@ -8,6 +8,7 @@ temporary sibling of OUT and is renamed into place at the end: an interrupted ru
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import time
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim import io, zoo
-from torchslim.atomic import replace_dir, temp_dir_beside
+from torchslim import atomic, io, zoo
+from torchslim.atomic import replace_dir
+from torchslim.distill import distributed
 from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
@@ -54,6 +56,10 @@ class Context:
     callbacks: list[Any] = field(default_factory=list)
     """Training callbacks that later training stages must honour (e.g. a pruning schedule)."""
     notes: dict[str, Any] = field(default_factory=dict)
+    train_checkpoint: Path | None = None
+    """Where a training stage keeps its per-epoch checkpoint, so `--resume` continues mid-stage."""
+    runtime: str = "torch"
+    """Where `_checkpoint` measures latency from now on (a stage may switch it, e.g. to onnxruntime)."""
 
     def note(self, **items: Any) -> None:
         """Attach details to the current stage's row in the report."""
@@ -91,20 +97,44 @@ def run_recipe(
     out: str | os.PathLike[str] | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of `recipe` and write OUT/ (report.json, report.html, model/, stages/)."""
+    """Run every stage of `recipe` and write OUT/ (report.json, report.html, model/, stages/).
+
+    The run builds in `.OUT.partial/` beside OUT and renames it into place when complete. With
+    `resume`, an interrupted run continues there: finished stages are reloaded, and a training stage
+    restarts from its last epoch checkpoint. Under torchrun only rank 0 writes OUT.
+    """
     recipe = _coerce(recipe)
     out = Path(out) if out is not None else Path("runs") / Path(recipe.source).stem
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} exists; choose another --out or pass --overwrite")
-    reporter = reporter or Reporter()
+    distributed.init_from_env()
+    rank = distributed.rank_and_size()[0]
+    work = out.with_name(f".{out.name}.partial" + (f"-rank{rank}" if rank else ""))
+    _prepare(work, recipe, resume)
     model = resolve_model(recipe.model)
     task = resolve_task(recipe.task, model)
-    with temp_dir_beside(out) as work:
-        report = _run(recipe, model, task, work, reporter)
+    report = _run(recipe, model, task, work, reporter or Reporter())
+    distributed.barrier()
+    if rank == 0:
         replace_dir(work, out)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _prepare(work: Path, recipe: Recipe, resume: bool) -> None:
+    """A fresh work directory, or the one of an interrupted run of the same recipe when resuming."""
+    saved = work / "recipe.json"
+    if resume and saved.is_file():
+        if json.loads(saved.read_text()) != recipe.to_dict():
+            raise UserError(f"cannot resume: {work} was made by a different recipe; run without --resume")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    atomic.write_text(saved, json.dumps(recipe.to_dict()))
 
 
 def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Reporter) -> dict[str, Any]:
@@ -113,19 +143,20 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
     ctx = Context(model, task, model, recipe.seed, reporter)
     for index, (name, spec) in enumerate(steps):
         reporter.stage(index, len(steps) - 1, name)
-        torch.manual_seed(recipe.seed + index)
-        ctx.notes = {}
-        started = time.perf_counter()
-        if spec is not None:
-            STAGES.get(name).run(ctx, spec)
-        seconds = time.perf_counter() - started
-        ctx.model, row = _checkpoint(ctx.model, task, work / "stages" / f"{index:02d}-{name}")
-        row = {"name": name, **row, "seconds": round(seconds, 2), **ctx.notes}
+        stage_dir = work / "stages" / f"{index:02d}-{name}"
+        row_file = stage_dir.with_suffix(".json")
+        if row_file.is_file():  # finished before an interruption
+            ctx.model, row = io.load(stage_dir), json.loads(row_file.read_text())
+            ctx.runtime = row["runtime"]
+        else:
+            row = _run_stage(ctx, index, name, spec, stage_dir, work / "train" / stage_dir.name)
+            atomic.write_text(row_file, json.dumps(row))
         rows.append(row)
         reporter.measured(row)
         if index == 0:
             ctx.teacher = copy.deepcopy(ctx.model)
     final_dir = work / "stages" / f"{len(steps) - 1:02d}-{steps[-1][0]}"
+    shutil.rmtree(work / "model", ignore_errors=True)
     shutil.copytree(final_dir, work / "model", copy_function=_link_or_copy)
     if "onnx" in recipe.output.formats:
         from torchslim.export import export_onnx
@@ -134,15 +165,44 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
     layers = layer_table(ctx.model, task.example_inputs)
     report = build_report(task.name, task.metric, rows, layers, recipe=recipe.to_dict())
     write_report(report, work)
+    _remove_resume_state(work)
     return report
 
 
-def _checkpoint(model: nn.Module, task: Task, directory: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _remove_resume_state(work: Path) -> None:
+    """What only `--resume` needs does not belong in the published output."""
+    shutil.rmtree(work / "train", ignore_errors=True)
+    (work / "recipe.json").unlink(missing_ok=True)
+    for row_file in (work / "stages").glob("*.json"):
+        row_file.unlink()
+
+
+def _run_stage(
+    ctx: Context, index: int, name: str, spec: Any, stage_dir: Path, train_dir: Path
+) -> dict[str, Any]:
+    """Run one stage, then save, reload and measure its model; returns the report row."""
+    torch.manual_seed(ctx.seed + index)
+    ctx.notes = {}
+    ctx.train_checkpoint = train_dir
+    started = time.perf_counter()
+    if spec is not None:
+        STAGES.get(name).run(ctx, spec)
+    seconds = time.perf_counter() - started
+    ctx.model, row = _checkpoint(ctx.model, ctx.task, stage_dir, ctx.runtime)
+    row = {"name": name, **row, "seconds": round(seconds, 2), **ctx.notes}
+    if "baseline_latency_ms_same_runtime" in row:  # like-with-like speedup when the runtime changed
+        row["speedup_same_runtime"] = round(row["baseline_latency_ms_same_runtime"] / row["latency_ms"], 3)
+    return row
+
+
+def _checkpoint(
+    model: nn.Module, task: Task, directory: Path, runtime: str = "torch"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Save, load back, and measure the loaded model; the loaded one continues down the pipeline."""
     io.write(model, directory)
     loaded = io.load(directory)
     return loaded, measure(
-        loaded, task.example_inputs, task=task, size_bytes=io.disk_size(directory)
+        loaded, task.example_inputs, task=task, size_bytes=io.disk_size(directory), runtime=runtime
     ).to_dict()
 
 

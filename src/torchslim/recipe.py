@@ -37,7 +37,7 @@ class StageDef:
 
 
 STAGES: Registry[StageDef] = Registry("stage")
-BUILTIN_STAGE_MODULES = ("torchslim.distill.stages",)
+BUILTIN_STAGE_MODULES = ("torchslim.distill.stages", "torchslim.prune.stage", "torchslim.quant.stages")
 """Modules that register the built-in stages; imported on first validation."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from torchslim.config import DistillConfig
 from torchslim.data import call, split
-from torchslim.distill.losses import SOFT_LOSSES, Projection, feature_loss, mixed_loss
+from torchslim.distill.losses import SOFT_LOSSES, Projection, mixed_loss
 from torchslim.distill.trainer import Progress, _no_progress, fit
 from torchslim.errors import UserError
 
@@ -46,12 +47,25 @@ class _Capture:
 
 
 class _Student(nn.Module):
-    """The student plus the learned feature projections, so the optimizer trains both."""
+    """The student plus the learned feature projections, so the optimizer (and DDP) trains both.
 
-    def __init__(self, student: nn.Module) -> None:
+    `forward(inputs)` returns the student's output and its captured features, projected to the
+    teacher's widths.
+    """
+
+    def __init__(self, student: nn.Module, capture: _Capture) -> None:
         super().__init__()
         self.student = student
         self.projections = nn.ModuleDict()
+        self._capture = capture
+
+    def forward(self, inputs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        out = call(self.student, inputs)
+        feats = {}
+        for name, value in self._capture.outputs.items():
+            key = _key(name)
+            feats[name] = self.projections[key](value) if key in self.projections else value
+        return out, feats
 
 
 def _pairs(features: Sequence[str]) -> list[tuple[str, str]]:
@@ -90,6 +104,7 @@ def distill(
     hard_loss: HardLoss | None = F.cross_entropy,
     callbacks: Sequence[Any] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
+    checkpoint: Path | None = None,
     progress: Progress = _no_progress,
 ) -> list[dict[str, float]]:
     """Train `student` in place from `teacher`; returns the per-epoch history.
@@ -101,9 +116,9 @@ def distill(
     soft = SOFT_LOSSES.get(outputs)
     loader = train_loader if callable(train_loader) else (lambda epoch: train_loader)
     pairs = _pairs(config.features)
-    wrapper = _Student(student)
     s_cap = _Capture(student, [s for s, _ in pairs], "student")
     t_cap = _Capture(teacher, [t for _, t in pairs], "teacher")
+    wrapper = _Student(student, s_cap)
     teacher.eval()
     try:
         _check_and_build(wrapper, teacher, next(iter(loader(0))), pairs, s_cap, t_cap)
@@ -111,12 +126,11 @@ def distill(
         def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
             with torch.no_grad():
                 t_out = call(teacher, inputs)
-            s_out = call(wrapper.student, inputs)
+            s_out, feats = model(inputs)  # through DDP when distributed
             hard = hard_loss(s_out, target) if hard_loss is not None and target is not None else None
             loss = mixed_loss(soft(s_out, t_out, config.temperature), hard, config.alpha)
             for s, t in pairs:
-                proj = wrapper.projections[_key(s)] if _key(s) in wrapper.projections else None  # noqa: SIM401
-                loss = loss + feature_loss(s_cap.outputs[s], t_cap.outputs[t], proj)
+                loss = loss + F.mse_loss(feats[s], t_cap.outputs[t])
             return loss
 
         return fit(
@@ -128,6 +142,7 @@ def distill(
             seed=config.seed,
             callbacks=callbacks,
             evaluate=(lambda m: evaluate(student)) if evaluate else None,
+            checkpoint=checkpoint,
             progress=progress,
         )
     finally:

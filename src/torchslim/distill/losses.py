@@ -60,9 +60,3 @@ class Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.map(x)
-
-
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
-    if projection is not None:
-        student = projection(student)
-    return F.mse_loss(student, teacher)

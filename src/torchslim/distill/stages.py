@@ -48,6 +48,7 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         lr=spec.lr,
         weight_decay=spec.weight_decay,
         callbacks=callbacks,
+        checkpoint=ctx.train_checkpoint,
         progress=ctx.progress,
         seed=ctx.seed,
     )
@@ -91,6 +92,7 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         outputs=task.outputs,
         hard_loss=task.loss,
         callbacks=[*ctx.callbacks, *regularizer],
+        checkpoint=ctx.train_checkpoint,
         progress=ctx.progress,
     )
     ctx.note(history=history)

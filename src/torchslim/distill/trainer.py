@@ -7,12 +7,15 @@ masks) plugs in as a `Callback`, so the loop itself stays the same for every tec
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
 from torchslim.data import split
+from torchslim.distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from torchslim.distill.distributed import is_main, shard, wrap
 
 LossFn = Callable[[nn.Module, Any, Any], torch.Tensor]
 """`loss_fn(model, inputs, target) -> scalar` for one batch."""
@@ -48,42 +51,47 @@ def fit(
     evaluate: Callable[[nn.Module], float] | None = None,
     keep_best: bool = False,
     patience: int | None = None,
+    checkpoint: Path | None = None,
     progress: Progress = _no_progress,
     seed: int = 0,
 ) -> list[dict[str, float]]:
     """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
 
     With `evaluate`, the metric is recorded each epoch; `keep_best` restores the weights of the best
-    epoch at the end, and `patience` stops after that many epochs without improvement.
+    epoch at the end, and `patience` stops after that many epochs without improvement. With
+    `checkpoint`, the state is saved there after every epoch and a run finding one resumes from it.
+    Under torchrun the model trains data-parallel (see `torchslim.distill.distributed`).
     """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    batches_per_epoch = sum(1 for _ in loader(0))
-    total = max(1, epochs * batches_per_epoch)
+    total = max(1, epochs * sum(1 for _ in shard(loader(0))))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     history: list[dict[str, float]] = []
+    start, step = 0, 0
+    if has_checkpoint(checkpoint):
+        assert checkpoint is not None
+        done = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        start, step, history = done["epoch"] + 1, done["step"], done["history"]
     best = _Best()
-    step = 0
+    scored = [r for r in history if "metric" in r]
+    if scored:
+        top = max(scored, key=lambda r: r["metric"])
+        best.metric, best.epoch, best.state = top["metric"], int(top["epoch"]) - 1, done["best"]
+    trained = wrap(model)
     advance = progress("training", total)
-    for epoch in range(epochs):
-        model.train()
+    advance(step)
+    for epoch in range(start, epochs):
+        trained.train()
         running, seen = 0.0, 0
-        for batch in loader(epoch):
-            inputs, target = split(batch)
-            loss = loss_fn(model, inputs, target)
-            for cb in callbacks:
-                if hasattr(cb, "extra_loss"):
-                    loss = loss + cb.extra_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for batch in shard(loader(epoch)):
+            loss = _step(trained, model, batch, loss_fn, optimizer, callbacks)
             scheduler.step()
             step += 1
             for cb in callbacks:
                 if hasattr(cb, "after_step"):
                     cb.after_step(model, step, total)
-            running += float(loss.detach())
+            running += loss
             seen += 1
             advance(1)
         for cb in callbacks:
@@ -94,12 +102,43 @@ def fit(
         if evaluate is not None:
             record["metric"] = evaluate(model)
             best.offer(model, record["metric"], epoch)
-            if patience is not None and epoch - best.epoch >= patience:
-                break
+        if checkpoint is not None and is_main():
+            save_checkpoint(
+                checkpoint,
+                model,
+                optimizer,
+                scheduler,
+                epoch=epoch,
+                step=step,
+                history=history,
+                best=best.state,
+            )
+        if evaluate is not None and patience is not None and epoch - best.epoch >= patience:
+            break
     if keep_best and best.state is not None:
         model.load_state_dict(best.state)
     model.eval()
     return history
+
+
+def _step(
+    trained: nn.Module,
+    model: nn.Module,
+    batch: Any,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    callbacks: Sequence[Any],
+) -> float:
+    """One optimizer step; `trained` is `model` or its DDP wrapper (the forward must go through it)."""
+    inputs, target = split(batch)
+    loss = loss_fn(trained, inputs, target)
+    for cb in callbacks:
+        if hasattr(cb, "extra_loss"):
+            loss = loss + cb.extra_loss(model)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 class _Best:

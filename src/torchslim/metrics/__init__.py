@@ -12,6 +12,7 @@ from torchslim.metrics.accuracy import top1_accuracy
 from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.layers import layer_table
 from torchslim.metrics.macs import count_macs
+from torchslim.metrics.runtimes import RUNTIMES
 from torchslim.metrics.size import nonzero_params, param_count, saved_size
 
 if TYPE_CHECKING:
@@ -44,11 +45,14 @@ def measure(
     task: Task | None = None,
     repeats: int = 20,
     size_bytes: int | None = None,
+    runtime: str = "torch",
 ) -> Measurement:
     """Measure `model`. The metric is `task.evaluate` when a task is given, else top-1 accuracy on `data`.
 
     `size_bytes` skips writing the model again when the caller already knows its saved size.
+    `runtime` names where latency is measured (see `torchslim.metrics.runtimes.RUNTIMES`).
     """
+    latency = RUNTIMES.get(runtime)
     if task is not None:
         metric: float | None = task.evaluate(model)
     elif data is not None:
@@ -60,10 +64,15 @@ def measure(
         nonzero_params=nonzero_params(model),
         macs=count_macs(model, example_inputs),
         size_bytes=saved_size(model) if size_bytes is None else size_bytes,
-        latency_ms=round(measure_latency(model, example_inputs, repeats=repeats), 4),
-        runtime="torch",
+        latency_ms=round(
+            measure_latency(model, example_inputs, repeats=repeats)
+            if runtime == "torch"
+            else latency(model, example_inputs),
+            4,
+        ),
+        runtime=runtime,
         accuracy=metric,
     )
 
 
-__all__ = ["Measurement", "count_macs", "layer_table", "measure", "measure_latency", "saved_size"]
+__all__ = ["RUNTIMES", "Measurement", "count_macs", "layer_table", "measure", "measure_latency", "saved_size"]

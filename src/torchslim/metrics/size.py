@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from torchslim.io import saved_size
 
@@ -17,7 +18,8 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
     A module may expose `effective_weights()` (masked or quantized layers do) to report the values it
     really computes with; otherwise its own parameters are used. `*_orig` parameters of a
-    reparametrised weight are read through the attribute they back (`weight_orig` -> `weight`).
+    reparametrised weight are read through the attribute they back (`weight_orig` -> `weight`), and so
+    are tensors under `torch.nn.utils.parametrize` (`parametrizations.weight.original` -> `weight`).
     """
     for prefix, module in model.named_modules():
         custom = getattr(module, "effective_weights", None)
@@ -25,8 +27,11 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             for name, tensor in custom():
                 yield _join(prefix, name), tensor
             continue
-        if _inside_custom(model, prefix):
+        if _inside_custom(model, prefix) or _inside_parametrizations(model, prefix):
             continue
+        if parametrize.is_parametrized(module):  # torch.nn.utils.parametrize: read through the attribute
+            for name in module.parametrizations:
+                yield _join(prefix, name), getattr(module, name)
         for name, param in module.named_parameters(recurse=False):
             base = name.removesuffix("_orig")
             value = getattr(module, base, param) if base != name else param
@@ -40,6 +45,15 @@ def _inside_custom(model: nn.Module, prefix: str) -> bool:
         if callable(getattr(parent, "effective_weights", None)):
             return True
     return False
+
+
+def _inside_parametrizations(model: nn.Module, prefix: str) -> bool:
+    """Modules under `<layer>.parametrizations` hold a parametrized tensor's originals: read via the layer."""
+    parts = prefix.split(".") if prefix else []
+    return any(
+        part == "parametrizations" and parametrize.is_parametrized(model.get_submodule(".".join(parts[:i])))
+        for i, part in enumerate(parts)
+    )
 
 
 def _join(prefix: str, name: str) -> str:

@@ -1,0 +1,151 @@
+"""`ts.prune_`: one verb; the config type picks the technique through the `PRUNERS` registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.config import BaseConfig, SparsityConfig
+from torchslim.data import limit
+from torchslim.errors import UserError
+from torchslim.prune import select
+from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn
+from torchslim.prune.masks import record, set_mask
+from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, max_layer_sparsity, scan
+from torchslim.prune.targets import Target, find_targets
+from torchslim.registry import Registry
+
+PRUNERS: Registry[Callable[..., Any]] = Registry("pruning config")
+"""Config class name -> `fn(model, config, **kwargs)`; `ChannelConfig` plugs in here."""
+MAX_BATCHES = 32
+
+
+def prune_(model: nn.Module, config: BaseConfig, **kwargs: Any) -> Any:
+    """Prune `model` in place as `config` says (`SparsityConfig`: unstructured masks).
+
+    Unstructured keyword arguments: `data` (batches `(inputs, target)`, needed by data-driven
+    criteria and `allocation="auto"`; at most 32 batches are used), `loss(output, target)` (default
+    cross-entropy), `seed`. Returns a `PruneReport`.
+    """
+    return PRUNERS.get(type(config).__name__)(model, config, **kwargs)
+
+
+@dataclass
+class PruneReport:
+    sparsity: float
+    """Fraction of the selected weights that are zero after pruning."""
+    layer_sparsity: dict[str, float]
+    sensitivity: dict[str, list[list[float]]] = field(default_factory=dict)
+    """With `allocation="auto"`: per layer, `[sparsity, held loss]` points of the scan."""
+
+    def notes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sparsity": round(self.sparsity, 6), "layer_sparsity": self.layer_sparsity}
+        if self.sensitivity:
+            out["sensitivity"] = self.sensitivity
+        return out
+
+
+@dataclass
+class Plan:
+    """A validated request: everything is checked before any weight changes."""
+
+    config: SparsityConfig
+    targets: list[Target]
+    inputs: ImportanceInput
+    needs_data: bool
+
+
+def plan(
+    model: nn.Module,
+    config: SparsityConfig,
+    data: Iterable[Any] | None = None,
+    loss: LossFn | None = None,
+    seed: int = 0,
+) -> Plan:
+    criterion = IMPORTANCE.get(config.importance)
+    targets = find_targets(model, config.include, config.exclude)
+    auto = config.allocation == "auto"
+    if auto and config.threshold is not None:
+        raise UserError("SparsityConfig.allocation: 'auto' needs a sparsity or retain target, not a threshold")
+    needs = criterion.needs_data or auto
+    batches = list(limit(data, MAX_BATCHES)) if data is not None else None
+    if needs and not batches:
+        why = f"importance {config.importance!r}" if criterion.needs_data else "allocation='auto'"
+        raise UserError(f"{why} needs calibration data: pass data=<batches of (inputs, target)>")
+    inputs = ImportanceInput(model, targets, batches, loss or F.cross_entropy, seed)
+    return Plan(config, targets, inputs, needs)
+
+
+def target_sparsity(config: SparsityConfig) -> float | None:
+    if config.sparsity is not None:
+        return config.sparsity
+    return None if config.retain is None else 1.0 - config.retain
+
+
+def prune_unstructured(
+    model: nn.Module,
+    config: SparsityConfig,
+    *,
+    data: Iterable[Any] | None = None,
+    loss: LossFn | None = None,
+    seed: int = 0,
+    layer_sparsity: dict[str, float] | None = None,
+) -> PruneReport:
+    """Score, choose and apply masks. `layer_sparsity` (internal: gradual schedules) fixes per-layer targets."""
+    p = plan(model, config, data, loss, seed)
+    scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
+    curves: dict[str, list[tuple[float, float]]] = {}
+    sparsity = target_sparsity(config)
+    if layer_sparsity is not None:
+        sizes = {t.name: t.numel() for t in p.targets}
+        keep = select.by_counts(scores, {n: round(layer_sparsity.get(n, 0.0) * sizes[n]) for n in sizes})
+    elif config.threshold is not None:
+        keep = select.by_threshold(scores, config.threshold)
+    elif config.allocation == "auto":
+        assert sparsity is not None and p.inputs.data is not None
+        sizes = {t.name: t.numel() for t in p.targets}
+        curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity))
+        keep = select.by_counts(scores, exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity))
+    elif config.scope == "global":
+        keep = select.by_global(scores, sparsity or 0.0, cap=max_layer_sparsity(sparsity or 0.0))
+    else:
+        keep = select.by_layer(scores, sparsity or 0.0)
+    apply_masks(model, p.targets, select.keep_hard(p.targets, keep), config.soft)
+    return report(p.targets, curves)
+
+
+def auto_layer_sparsity(
+    model: nn.Module, config: SparsityConfig, *, data: Iterable[Any] | None, loss: LossFn | None = None, seed: int = 0
+) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
+    """The per-layer sparsity `allocation="auto"` would choose (and the scan behind it), without pruning."""
+    p = plan(model, config.replace(allocation="auto"), data, loss, seed)
+    sparsity = target_sparsity(config)
+    assert sparsity is not None and p.inputs.data is not None
+    scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
+    sizes = {t.name: t.numel() for t in p.targets}
+    curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity))
+    counts = exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity)
+    return {n: counts[n] / sizes[n] for n in sizes}, curves
+
+
+def apply_masks(model: nn.Module, targets: list[Target], keep: dict[str, torch.Tensor], soft: bool) -> None:
+    changed = {t.key: soft for t in targets if set_mask(t.module, t.param, keep[t.name], soft)}
+    record(model, changed)
+
+
+def report(targets: list[Target], curves: dict[str, list[tuple[float, float]]] | None = None) -> PruneReport:
+    zeros = {t.name: int((t.weight() == 0).sum()) for t in targets}
+    sizes = {t.name: t.numel() for t in targets}
+    return PruneReport(
+        sparsity=sum(zeros.values()) / max(sum(sizes.values()), 1),
+        layer_sparsity={n: round(zeros[n] / sizes[n], 6) for n in sizes},
+        sensitivity={n: [[s, round(v, 6)] for s, v in c] for n, c in (curves or {}).items()},
+    )
+
+
+PRUNERS.register("SparsityConfig", prune_unstructured)

@@ -1,0 +1,198 @@
+"""Structural (channel) pruning: `prune_channels_(model, ChannelConfig(...), example_inputs, data)`.
+
+The three concerns stay apart: `graph.py` finds what is coupled, `group_importance.py` ranks the
+units, `layers.py` cuts them. This module turns a config target (ratio, MAC or latency target,
+rounding, include/exclude) into the units to remove, applies the cut in place, and records it so
+that `ts.save`/`ts.load` rebuild the smaller shapes (`channel_prune` transform, `transform.py`).
+The whole plan is computed before the first module changes: an error leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.config import ChannelConfig
+from torchslim.errors import UserError
+from torchslim.metrics.latency import measure_latency
+from torchslim.metrics.macs import count_macs
+from torchslim.prune.graph import Graph, Key, build_graph
+from torchslim.prune.group_importance import Context, LossFn, group_scores
+from torchslim.prune.heads import block_groups, block_paths, fix_blocks, sync_config
+from torchslim.prune.layers import _select, prune_module, rule_of
+from torchslim.prune.soft import SoftChannelPruner
+from torchslim.prune.transform import record_prune, snapshot
+from torchslim.targeting import is_selected, matches
+
+Plan = dict[int, np.ndarray]
+"""Group index -> unit indices to remove."""
+
+
+def opaque_modules(model: nn.Module, include: Sequence[str], exclude: Sequence[str]) -> set[str]:
+    """Excluded modules (left whole, as graph leaves) and registered layers the globs do not select."""
+    out = set()
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        excluded = any(matches(name, p) for p in exclude)
+        if excluded or (rule_of(module) is not None and not is_selected(name, include, exclude)):
+            out.add(name)
+    return out
+
+
+def dependency_graph(model: nn.Module, example_inputs: Any, config: ChannelConfig) -> Graph:
+    """Coupled channel groups of `model`: traced layers plus registered transformer blocks."""
+    opaque = opaque_modules(model, config.include, config.exclude)
+    blocks = block_paths(model, opaque)
+    graph = build_graph(model, example_inputs, opaque=opaque | set(blocks), allow_untraceable=bool(blocks))
+    graph.groups += block_groups(model, blocks)
+    for group in graph.groups:
+        for key, pos in group.positions.items():
+            graph.sizes.setdefault(key, len(pos))
+    return graph
+
+
+def _keep_count(n: int, fraction_removed: float, round_to: int, unit_channels: int) -> int:
+    step = round_to // math.gcd(round_to, unit_channels)
+    keep = round(n * (1.0 - fraction_removed) / step) * step
+    return min(n, max(keep, step, 1))
+
+
+def plan_for(graph: Graph, scores: list[np.ndarray], ratio: float, config: ChannelConfig) -> Plan:
+    """Units to remove so that each group (layer scope) or all groups together (global) lose `ratio`."""
+    if config.scope == "global" and graph.groups:
+        normed = [s / (s.mean() + 1e-12) for s in scores]
+        flat = np.sort(np.concatenate(normed))
+        threshold = flat[min(int(ratio * len(flat)), len(flat) - 1)] if ratio > 0 else -np.inf
+        fractions = [float((s < threshold).mean()) for s in normed]
+    else:
+        fractions = [ratio] * len(graph.groups)
+    plan: Plan = {}
+    for gi, (group, s, frac) in enumerate(zip(graph.groups, scores, fractions, strict=True)):
+        keep = _keep_count(group.units, min(frac, 0.95), config.round_to, group.unit_channels)
+        if keep < group.units:
+            plan[gi] = np.argsort(s, kind="stable")[: group.units - keep]
+    return plan
+
+
+def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, Any]:
+    """Cut `model` in place; returns the `channel_prune` transform parameters."""
+    before = snapshot(model)
+    for (path, role), keep in graph.keep(plan).items():
+        if role.startswith("param"):
+            owner, _, name = path.rpartition(".")
+            _select(model.get_submodule(owner), name, int(role[5:]), keep)
+        else:
+            prune_module(model.get_submodule(path), role, keep)
+    fix_blocks(model)
+    return record_prune(model, before)
+
+
+def _cost(model: nn.Module, example_inputs: Any, metric: str) -> float:
+    if metric == "macs":
+        return float(count_macs(model, example_inputs))
+    return measure_latency(model, example_inputs, repeats=10)
+
+
+def search_ratio(
+    model: nn.Module,
+    graph: Graph,
+    scores: list[np.ndarray],
+    config: ChannelConfig,
+    measure: Callable[[nn.Module], float],
+) -> float:
+    """The smallest ratio whose pruned model costs at most the target fraction of the dense one."""
+    target = config.macs_target if config.macs_target is not None else config.latency_target
+    assert target is not None
+    budget = target * measure(model)
+
+    def cost(ratio: float) -> float:
+        trial = copy.deepcopy(model)
+        apply_plan(trial, graph, plan_for(graph, scores, ratio, config))
+        return measure(trial)
+
+    lo, hi = 0.0, 0.95
+    if cost(hi) > budget:
+        raise UserError(
+            f"ChannelConfig: cannot reach {target:.0%} of the dense cost by pruning "
+            f"the prunable channels (at most {cost(hi) / budget * target:.0%}); exclude fewer modules"
+        )
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost(mid) <= budget else (mid, hi)
+    return hi
+
+
+@dataclass
+class ChannelReport:
+    ratio: float
+    """Fraction of units removed from each group (layer scope) or overall (global scope)."""
+    groups: int
+    units_removed: int
+    units_total: int
+    soft: SoftChannelPruner | None = None
+    """With `soft=True`: the callback that re-zeroes channels while training; call `finalize(model)`."""
+
+    def notes(self) -> dict[str, Any]:
+        return {"ratio": round(self.ratio, 4), "groups": self.groups, "units_removed": self.units_removed,
+                "units_total": self.units_total}
+
+
+def prune_channels_(
+    model: nn.Module,
+    config: ChannelConfig,
+    example_inputs: Any = None,
+    data: Sequence[Any] | None = None,
+    *,
+    loss: LossFn = F.cross_entropy,
+    seed: int = 0,
+) -> ChannelReport:
+    """Remove channels, filters and heads of `model` in place; it stays an ordinary dense model.
+
+    With `config.soft` the chosen channels are only zeroed; train with `report.soft` as a callback
+    (it re-selects and re-zeroes each epoch, so channels may regrow) and call its `finalize(model)`.
+    """
+    if example_inputs is None:
+        raise UserError("channel pruning needs example_inputs to trace the model")
+    graph = dependency_graph(model, example_inputs, config)
+    data = list(data) if data is not None else None
+    if config.importance in ("taylor", "entropy") and not data:
+        raise UserError(f"ChannelConfig.importance={config.importance!r} needs data (calibration batches)")
+    ctx = Context(model, graph, data, loss, seed)
+    scores = group_scores(ctx, config.importance)
+    ratio = config.ratio
+    if ratio is None:
+        metric = "macs" if config.macs_target is not None else "latency"
+        ratio = search_ratio(model, graph, scores, config, lambda m: _cost(m, example_inputs, metric))
+    plan = plan_for(graph, scores, ratio, config)
+    report = ChannelReport(ratio, len(graph.groups), sum(len(v) for v in plan.values()),
+                           sum(g.units for g in graph.groups))
+    if config.soft:
+        report.soft = SoftChannelPruner(graph, config, ratio, ctx)
+        report.soft.zero(model, plan)
+    else:
+        finish(model, graph, plan)
+    return report
+
+
+def finish(model: nn.Module, graph: Graph, plan: Plan) -> None:
+    """Cut and record the `channel_prune` transform for ts.save / ts.load."""
+    from torchslim import io
+
+    io.add_transform(model, "channel_prune", apply_plan(model, graph, plan))
+    sync_config(model)
+
+
+def removed_fraction(graph: Graph, plan: Plan) -> float:
+    total = sum(g.units for g in graph.groups)
+    return sum(len(v) for v in plan.values()) / max(total, 1)
+
+
+__all__ = ["Key", "apply_plan", "dependency_graph", "plan_for", "prune_channels_"]

@@ -1,0 +1,259 @@
+"""Channel-flow handlers for registered layers and common ops (see `flow.py` for the contract)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+import torch.nn as nn
+
+from torchslim.prune.flow import OPS, Analyzer, Chan, Handler, Out, is_tensor
+from torchslim.prune.layers import rule_of
+
+__all__ = ["Analyzer", "layer_flow"]
+
+
+def register(*names: str) -> Any:
+    def add(fn: Handler) -> Handler:
+        for name in names:
+            OPS.register(name, fn)
+        return fn
+
+    return add
+
+
+def _first(n: fx.Node) -> Any:
+    return n.args[0] if n.args else next(iter(n.kwargs.values()))
+
+
+def _arg(n: fx.Node, i: int, name: str, default: Any, an: Analyzer) -> Any:
+    raw = n.args[i] if len(n.args) > i else n.kwargs.get(name, default)
+    return fx.node.map_aggregate(raw, an.value)
+
+
+# -- registered layers ----------------------------------------------------------------------------
+def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
+    path, rule = str(n.target), rule_of(module)
+    kind = "opaque" if path in an.opaque or rule is None else rule.kind(module)
+    x = _first(n)
+    if kind == "opaque" or rule is None or not is_tensor(out) or not is_tensor(an.value(x)):
+        an.freeze_args(n)
+        return None
+    for a, c in an.tracked_args(n):
+        if a is not x:
+            an.freeze(c.ids)
+    dim_in, dim_out = rule.act_dim % an.value(x).ndim, rule.act_dim % out.ndim
+    gi, go = rule.group_size(module)
+    if kind == "passthrough":
+        ids = an.record((path, "both"), an.ids_at(x, dim_in))
+        for g in range(0, len(ids), gi or 1):
+            an.uf.union_all(ids[g : g + gi]) if gi > 1 else None
+        return Chan(ids, dim_out)
+    out_ids = an.produce((path, "out"), int(out.shape[dim_out]))
+    if rule.in_dims(module) or gi:
+        in_ids = an.record((path, "in"), an.ids_at(x, dim_in))
+        for g in range(len(in_ids) // gi if gi else 0):
+            an.uf.union_all(np.concatenate([in_ids[g * gi : (g + 1) * gi], out_ids[g * go : (g + 1) * go]]))
+    return Chan(out_ids, dim_out)
+
+
+# -- channel-preserving ops ---------------------------------------------------------------------
+_UNARY = ["ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softplus", "Softmax", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Identity", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d", "ReplicationPad2d", "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "softmax", "dropout", "interpolate", "upsample", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "pad", "contiguous", "clone", "float", "half", "to", "detach", "neg", "abs", "exp", "sqrt", "rsqrt", "erf", "sin", "cos", "square"]
+
+
+@register(*_UNARY)
+def passthrough(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    x = _first(n)
+    c = an.chan.get(x)
+    ok = isinstance(c, Chan) and is_tensor(out) and out.ndim == an.value(x).ndim
+    if not ok or out.shape[c.dim] != len(c.ids):  # type: ignore[union-attr]
+        an.freeze_args(n)
+        return None
+    for a, other in an.tracked_args(n):
+        if a is not x:
+            an.freeze(other.ids)
+    return Chan(c.ids, c.dim)  # type: ignore[union-attr]
+
+
+@register("size", "dim", "getattr", "numel", "type", "__len__", "eq", "ne", "lt", "gt", "le", "ge")
+def ignore(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Shape queries and comparisons: their results carry no channels (and do not constrain them)."""
+    return None
+
+
+@register("matmul", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention", "expand", "repeat")
+@register("squeeze", "unsqueeze", "unbind", "stack", "roll", "flip", "gather", "index_select")
+def freeze(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Ops that mix channels with something else: the channels they touch are left alone."""
+    an.freeze_args(n)
+    return None
+
+
+@register("add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "add_", "mul_", "pow", "where")
+@register("maximum", "minimum", "floordiv", "mod")
+def elementwise(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Operands aligned channel to channel (broadcasting from the right) share their channel ids."""
+    tracked = an.tracked_args(n)
+    if not tracked:
+        return None
+    positions = {c.dim - an.value(a).ndim + out.ndim for a, c in tracked} if is_tensor(out) else set()
+    lead = tracked[0][1].ids
+    if len(positions) != 1 or out.shape[next(iter(positions))] != len(lead):
+        an.freeze_args(n)
+        return None
+    p = positions.pop()
+    for _, c in tracked[1:]:
+        an.uf.union(lead, c.ids) if len(c.ids) == len(lead) else an.freeze(c.ids)
+    tracked_nodes = {a for a, _ in tracked}
+    for a in an.arg_nodes(n):
+        if a not in tracked_nodes and _spans(an.value(a), out.ndim, p, len(lead)):
+            _bind_param(an, a, lead)
+    return Chan(lead, p)
+
+
+def _spans(v: Any, ndim: int, p: int, size: int) -> bool:
+    k = p - (ndim - getattr(v, "ndim", 0))
+    return is_tensor(v) and k >= 0 and size > 1 and v.shape[k] == size
+
+
+def _bind_param(an: Analyzer, a: fx.Node, lead: np.ndarray) -> None:
+    """A full-size untracked operand: a parameter (layer scale, functional norm weight) is cut along;
+    anything else freezes the channels."""
+    node = a
+    while node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) in (
+        "getitem",
+        "view",
+        "reshape",
+        "unsqueeze",
+    ):
+        node = node.args[0]  # type: ignore[assignment]
+    value = an.value(node)
+    dims = [d for d, s in enumerate(getattr(value, "shape", ())) if s == len(lead)]
+    if node.op == "get_attr" and len(dims) == 1 and value.numel() == len(lead):
+        an.record((str(node.target), f"param{dims[0]}"), lead)
+    else:
+        an.freeze(lead)
+
+
+# -- ops that move, join or split channels ----------------------------------------------------------
+@register("cat", "concat", "concatenate")
+def cat(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    tensors = n.args[0] if n.args else n.kwargs["tensors"]
+    d = _arg(n, 1, "dim", 0, an) % out.ndim
+    positions = {c.dim for _, c in an.tracked_args(n)}
+    if not positions:
+        return None
+    if positions == {d}:
+        return Chan(np.concatenate([an.ids_at(t, d) for t in tensors]), d)  # type: ignore[union-attr]
+    if len(positions) == 1:
+        p = positions.pop()
+        ids = [an.ids_at(t, p) for t in tensors]  # type: ignore[union-attr]
+        for other in ids[1:]:
+            an.uf.union(ids[0], other)
+        return Chan(ids[0], p)
+    an.freeze_args(n)
+    return None
+
+
+@register("split", "chunk", "tensor_split")
+def split(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    x = _first(n)
+    c = an.chan.get(x)
+    if not isinstance(c, Chan):
+        return None
+    d = _arg(n, 2, "dim", 0, an) % an.value(x).ndim
+    if d != c.dim:
+        return [Chan(c.ids, c.dim) for _ in out]
+    bounds = np.cumsum([0] + [int(t.shape[d]) for t in out])
+    return [Chan(c.ids[a:b], d) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@register("getitem")
+def getitem(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    base, index = n.args[0], fx.node.map_aggregate(n.args[1], an.value)
+    c = an.chan.get(base)  # type: ignore[arg-type]
+    if isinstance(c, list):
+        return c[index] if isinstance(index, int) else None
+    if not isinstance(c, Chan):
+        return None
+    entries = index if isinstance(index, tuple) else (index,)
+    if any(not isinstance(e, (int, slice, type(None), type(Ellipsis))) for e in entries):
+        an.freeze(c.ids)
+        return None
+    explicit = sum(1 for e in entries if e is not None and e is not Ellipsis)
+    ndim = an.value(base).ndim
+    expanded: list[Any] = []
+    for e in entries:
+        expanded += [slice(None)] * (ndim - explicit) if e is Ellipsis else [e]
+    d_in = d_out = 0
+    for e in expanded:
+        if e is None:
+            d_out += 1
+            continue
+        if d_in == c.dim:
+            if isinstance(e, slice):
+                return Chan(c.ids[e], d_out)
+            an.freeze(c.ids)
+            return None
+        d_in, d_out = d_in + 1, d_out + (0 if isinstance(e, int) else 1)
+    return Chan(c.ids, d_out + c.dim - d_in)
+
+
+@register("view", "reshape", "flatten", "Flatten")
+def reshape(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Trailing dims reshaped: channels kept; channel merged with the dims after it: ids repeated."""
+    x = _first(n)
+    c = an.chan.get(x)
+    if not isinstance(c, Chan):
+        return None
+    shape_in, shape_out, d = list(an.value(x).shape), list(out.shape), c.dim
+    if shape_out[:d] == shape_in[:d] and len(shape_out) > d:
+        if shape_out[d] == shape_in[d]:
+            return Chan(c.ids, d)
+        for end in range(d + 2, len(shape_in) + 1):
+            if shape_out[d] == math.prod(shape_in[d:end]) and shape_out[d + 1 :] == shape_in[end:]:
+                return Chan(np.repeat(c.ids, math.prod(shape_in[d + 1 : end])), d)
+    an.freeze(c.ids)
+    return None
+
+
+@register("permute", "transpose")
+def permute(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    x = _first(n)
+    c = an.chan.get(x)
+    if not isinstance(c, Chan):
+        return None
+    ndim = an.value(x).ndim
+    rest = [an.value(a) for a in n.args[1:]] or list(n.kwargs.values())
+    if n.target in ("transpose",) or getattr(n.target, "__name__", "") == "transpose":
+        a, b = (r % ndim for r in rest[:2])
+        order = list(range(ndim))
+        order[a], order[b] = b, a
+    else:
+        order = [r % ndim for r in (rest[0] if isinstance(rest[0], (list, tuple)) else rest)]
+    return Chan(c.ids, order.index(c.dim))
+
+
+@register("mean", "sum", "amax", "amin", "std", "var")
+def reduce(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Reducing other dims keeps channels; reducing the channel dim only drops them (no constraint)."""
+    x = _first(n)
+    c = an.chan.get(x)
+    dims = _arg(n, 1, "dim", None, an)
+    if not isinstance(c, Chan) or dims is None or not is_tensor(out):
+        return None
+    ndim = an.value(x).ndim
+    dims = {d % ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    if c.dim in dims:
+        return None
+    keep = out.ndim == ndim
+    return Chan(c.ids, c.dim if keep else c.dim - sum(1 for d in dims if d < c.dim))
+
+
+@register("MultiheadAttention", "LSTM", "GRU", "RNN", "PReLU")
+def opaque_module(an: Analyzer, n: fx.Node, out: Any) -> Out:
+    """Known modules we do not cut: their inputs' channels are left alone."""
+    an.freeze_args(n)
+    return None

@@ -1,0 +1,195 @@
+"""Dependency graph: which channels of which layers must be removed together.
+
+Choice: torch.fx symbolic tracing, then one run of the traced graph on the example inputs.
+- fx keeps module boundaries: a conv is one `call_module` node named by its path, so every coupling
+  we find maps straight onto a module that `layers.py` knows how to cut. torch.export lowers to
+  ATen ops and functional parameters, which we would have to map back to modules, and is 10-50x
+  slower to build (the ResNet-50 graph must build in seconds).
+- running the traced graph (an `fx.Interpreter`) gives every value's real shape, which is what
+  flatten -> linear, concatenation, split and broadcasting need.
+Tracing fails on data-dependent Python control flow; the error names the module being traced, and
+excluding that module makes it an opaque leaf (its channels are then left alone).
+
+Model. Every channel of every tracked value carries an integer id. A layer that makes new channels
+(conv, linear) gets fresh ids; ops that keep channels pass ids through (norms, activations,
+pooling, upsampling); `add`/`mul` unify the ids of their operands (residuals); `cat` concatenates
+id lists; `split`/slicing slices them; flatten repeats each id over the positions it spans;
+grouped and depthwise convs and GroupNorm unify all channels of one group so groups go whole. After
+the run, the union-find classes of ids are the pruning units; a class touching a model input or
+output, an excluded module or an op we do not follow is frozen. Units that appear in the same set
+of layer tensors form a `Group` (e.g. all output channels of one conv and its norm and consumers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from torchslim.data import as_tuple
+from torchslim.errors import UserError
+from torchslim.prune.layers import rule_of
+
+Key = tuple[str, str]
+"""(module path, role): role `out`, `in` or `both` (a passthrough layer's only channels)."""
+
+
+@dataclass
+class Chan:
+    """Channel ids of one tensor value, along its dim `dim` (non-negative)."""
+
+    ids: np.ndarray
+    dim: int
+
+
+@dataclass
+class Group:
+    """`units` pruning units; `positions[key][j]` is the unit of position j of that tensor side, or -1."""
+
+    name: str
+    units: int
+    positions: dict[Key, np.ndarray]
+    unit_channels: int = 1
+    """Channels per unit in the group's producing layer (heads: head_dim; GroupNorm: group size)."""
+
+
+@dataclass
+class Graph:
+    groups: list[Group]
+    sizes: dict[Key, int]
+    """Length of the pruned dim of every tensor side any group touches."""
+
+    def keep(self, removed: dict[int, np.ndarray]) -> dict[Key, torch.Tensor]:
+        """Indices to keep per tensor side, given removed unit indices per group index."""
+        drop: dict[Key, np.ndarray] = {k: np.zeros(n, dtype=bool) for k, n in self.sizes.items()}
+        for gi, units in removed.items():
+            if len(units) == 0:
+                continue
+            for key, pos in self.groups[gi].positions.items():
+                drop[key] |= np.isin(pos, units) & (pos >= 0)
+        return {k: torch.from_numpy(np.flatnonzero(~d)) for k, d in drop.items() if d.any()}
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.frozen: list[int] = []
+        self.produced: list[int] = []
+
+    def new(self, n: int, *, frozen: bool = False, produced: bool = False) -> np.ndarray:
+        start = len(self.parent)
+        ids = np.arange(start, start + n)
+        self.parent.extend(ids.tolist())
+        (self.frozen if frozen else self.produced if produced else []).extend(ids.tolist())
+        return ids
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def union_all(self, ids: np.ndarray) -> None:
+        self.union(ids[:-1], ids[1:]) if len(ids) > 1 else None
+
+
+class _ShapeProxy(fx.Proxy):
+    """An input's `.shape`/`.size()` are its example's: the graph is only analysed on those inputs,
+    so specializing shapes is sound, and input checks (`if x.shape[1] != channels: raise`) trace."""
+
+    def __getattr__(self, k: str) -> Any:
+        shape = getattr(self.tracer, "shapes", {}).get(self.node.name) if self.node.op == "placeholder" else None
+        if shape is not None and k == "shape":
+            return shape
+        if shape is not None and k == "size":
+            return lambda dim=None: shape if dim is None else shape[dim]
+        return super().__getattr__(k)
+
+
+class _Tracer(fx.Tracer):
+    """Registered layers and the given module paths are leaves; everything else is traced through."""
+
+    def __init__(self, leaves: set[str], shapes: dict[str, torch.Size]) -> None:
+        super().__init__()
+        self.leaves = leaves
+        self.shapes = shapes
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaves or rule_of(m) is not None:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.Graph, list[Any]]:
+    """The traced graph and the full positional arguments to run it with (on `model` itself: the
+    graph is interpreted, never compiled to code, so no GraphModule is needed)."""
+    sig = inspect.signature(model.forward)
+    params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    given = dict(example_inputs) if isinstance(example_inputs, dict) else {}
+    if not given:
+        given = {p.name: v for p, v in zip(params, as_tuple(example_inputs), strict=False)}
+    concrete = {p.name: p.default for p in params if p.name not in given and p.default is not p.empty}
+    varkw = {"**" + p.name: {} for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD}
+    tracer = _Tracer(leaves, {k: v.shape for k, v in given.items() if isinstance(v, torch.Tensor)})
+    cls = type(model)
+    forward = inspect.unwrap(cls.forward)
+    if forward is not cls.forward:  # decorators taking **kwargs (transformers' return_dict) hide the signature
+        model.__class__ = type(cls.__name__, (cls,), {"forward": forward})
+    try:
+        graph = tracer.trace(model, concrete_args=concrete | varkw)
+    except Exception as exc:
+        path = next(reversed(tracer.module_stack), "") if tracer.module_stack else ""
+        where = f"module {path!r}" if path else "the model's own forward"
+        hint = f"ChannelConfig(exclude=[{path!r}])" if path else "a model without data-dependent control flow"
+        raise UserError(
+            f"channel pruning cannot trace {where} ({type(exc).__name__}: {exc}); use {hint}"
+        ) from None
+    finally:
+        model.__class__ = cls
+    args = [given.get(p.name, concrete.get(p.name)) for p in params if p.name in given or p.name in concrete]
+    return graph, args
+
+
+def build_graph(
+    model: nn.Module, example_inputs: Any, *, opaque: set[str] | None = None, allow_untraceable: bool = False
+) -> Graph:
+    """Trace `model` and group its coupled channels; modules in `opaque` (and below) are left alone.
+
+    `allow_untraceable`: an untraceable model yields an empty graph instead of an error (used when
+    registered transformer blocks supply the groups and the rest of the model is not pruned anyway).
+    """
+    from torchslim.prune.flow_ops import Analyzer
+
+    opaque = opaque or set()
+    try:
+        traced, args = trace(model, example_inputs, opaque)
+        analyzer = Analyzer(model, traced, opaque)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                analyzer.run(*args)
+        finally:
+            model.train(was_training)
+    except UserError:
+        if allow_untraceable:
+            return Graph([], {})
+        raise
+    return analyzer.result()

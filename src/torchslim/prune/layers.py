@@ -1,0 +1,220 @@
+"""Layer surgery for structural pruning: how to cut one layer type, registered per type.
+
+A `LayerRule` says which tensors of a module hold its output channels and its input channels (and
+along which dim), and how to update the module's size attributes. Surgery is then generic: select the
+kept indices of those tensors and set the attributes, so the result is an ordinary dense module.
+The graph (`graph.py`) uses the same rules to learn how channels flow through a layer: a `producer`
+makes new output channels (conv, linear), a `passthrough` keeps its input channels (norms).
+
+Register a rule for a custom layer: `LAYERS.register("MyLayer", LayerRule(...))`. Lookup walks the
+class's MRO by class name, so subclasses inherit their parent's rule and no import is needed to
+register a rule for a third-party class (transformers' `Conv1D` below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from torchslim.registry import Registry
+
+Dims = Callable[[nn.Module], dict[str, int]]
+SetSize = Callable[[nn.Module, int], None]
+Kind = Literal["producer", "passthrough", "opaque"]
+
+
+def _none(module: nn.Module) -> dict[str, int]:
+    return {}
+
+
+def _noop(module: nn.Module, n: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    out_dims: Dims
+    """Tensor name -> dim holding output channels (for a passthrough layer: its only channels)."""
+    in_dims: Dims = _none
+    """Tensor name -> dim holding input channels."""
+    set_out: SetSize = _noop
+    set_in: SetSize = _noop
+    kind: Callable[[nn.Module], Kind] = lambda m: "producer"
+    act_dim: int = 1
+    """Channel dim of the layer's output activation (1 for conv-like, -1 for linear-like)."""
+    group_size: Callable[[nn.Module], tuple[int, int]] = lambda m: (0, 0)
+    """(input, output) channels per group of a grouped conv; (0, 0) when ungrouped."""
+
+
+LAYERS: Registry[LayerRule] = Registry("layer rule")
+
+
+def rule_of(module: nn.Module) -> LayerRule | None:
+    for cls in type(module).__mro__:
+        if cls.__name__ in LAYERS:
+            return LAYERS.get(cls.__name__)
+    return None
+
+
+def _select(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
+    """Replace tensor `name` by its kept slices along `dim`, as a fresh (unshared) tensor."""
+    old = getattr(module, name, None)
+    if old is None:
+        return
+    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        module._buffers[name] = new
+
+
+def prune_module(module: nn.Module, role: str, keep: torch.Tensor) -> None:
+    """Keep channels `keep` (sorted indices) of `module` on the side `role`: `out`, `in` or `both`."""
+    rule = rule_of(module)
+    assert rule is not None, f"no layer rule for {type(module).__name__}"
+    dims, setter = (rule.in_dims, rule.set_in) if role == "in" else (rule.out_dims, rule.set_out)
+    for name, dim in dims(module).items():
+        _select(module, name, dim, keep)
+    setter(module, len(keep))
+
+
+def register_layer(*names: str, rule: LayerRule) -> None:
+    for name in names:
+        LAYERS.register(name, rule)
+
+
+# -- linear and embedding ----------------------------------------------------------------------
+def _set_attr(attr: str) -> SetSize:
+    return lambda m, n: setattr(m, attr, n)
+
+
+register_layer(
+    "Linear",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 0, "bias": 0},
+        in_dims=lambda m: {"weight": 1},
+        set_out=_set_attr("out_features"),
+        set_in=_set_attr("in_features"),
+        act_dim=-1,
+    ),
+)
+# transformers' GPT-2 Conv1D is a linear layer with a transposed weight [in, out]
+register_layer(
+    "Conv1D",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 1, "bias": 0},
+        in_dims=lambda m: {"weight": 0},
+        set_out=_set_attr("nf"),
+        set_in=_set_attr("nx"),
+        act_dim=-1,
+    ),
+)
+register_layer(
+    "Embedding",
+    rule=LayerRule(out_dims=lambda m: {"weight": 1}, set_out=_set_attr("embedding_dim"), act_dim=-1),
+)
+
+
+# -- convolutions --------------------------------------------------------------------------------
+def _conv_kind(m: nn.Module) -> Kind:
+    return "producer"
+
+
+def _conv_in_dims(m: nn.Module) -> dict[str, int]:
+    # a grouped conv loses whole groups (the graph couples them), so its weight's input dim is unchanged
+    return {"weight": 1} if m.groups == 1 else {}
+
+
+def _conv_set_in(m: nn.Module, n: int) -> None:
+    if m.groups > 1:  # whole groups went: the channels per group stay
+        m.groups = n // (m.in_channels // m.groups)
+    m.in_channels = n
+
+
+def _conv_group_size(m: nn.Module) -> tuple[int, int]:
+    return (0, 0) if m.groups == 1 else (m.in_channels // m.groups, m.out_channels // m.groups)
+
+
+register_layer(
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 0, "bias": 0},
+        in_dims=_conv_in_dims,
+        set_out=_set_attr("out_channels"),
+        set_in=_conv_set_in,
+        kind=_conv_kind,
+        group_size=_conv_group_size,
+    ),
+)
+
+
+def _convt_kind(m: nn.Module) -> Kind:
+    return "producer" if m.groups == 1 else "opaque"
+
+
+register_layer(
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 1, "bias": 0},
+        in_dims=lambda m: {"weight": 0},
+        set_out=_set_attr("out_channels"),
+        set_in=_set_attr("in_channels"),
+        kind=_convt_kind,
+    ),
+)
+
+
+# -- normalization ------------------------------------------------------------------------------
+_NORM_TENSORS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
+
+register_layer(
+    "_BatchNorm",
+    "_InstanceNorm",
+    rule=LayerRule(
+        out_dims=lambda m: dict(_NORM_TENSORS), set_out=_set_attr("num_features"), kind=lambda m: "passthrough"
+    ),
+)
+
+
+def _ln_kind(m: nn.Module) -> Kind:
+    # normalizing over several dims mixes channels with positions: we do not cut those
+    return "passthrough" if len(getattr(m, "normalized_shape", (0,))) == 1 else "opaque"
+
+
+def _ln_set(m: nn.Module, n: int) -> None:
+    if hasattr(m, "normalized_shape"):  # RMSNorm-likes of transformers keep only a weight
+        m.normalized_shape = (n,)
+
+
+register_layer(
+    "LayerNorm",
+    "RMSNorm",
+    "LlamaRMSNorm",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 0, "bias": 0}, set_out=_ln_set, kind=_ln_kind, act_dim=-1
+    ),
+)
+
+
+def _gn_set(m: nn.Module, n: int) -> None:
+    per_group = m.num_channels // m.num_groups
+    m.num_channels, m.num_groups = n, n // per_group
+
+
+register_layer(
+    "GroupNorm",
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 0, "bias": 0},
+        set_out=_gn_set,
+        kind=lambda m: "passthrough",
+        group_size=lambda m: (m.num_channels // m.num_groups, m.num_channels // m.num_groups),
+    ),
+)

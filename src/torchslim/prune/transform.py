@@ -1,0 +1,75 @@
+"""The `channel_prune` transform: record new shapes after pruning, replay them on load.
+
+What is recorded, per changed module: the shapes of its tensors and the plain attributes that
+changed (`out_channels`, `num_features`, a transformers attention's head count, ...). Replaying sets
+empty tensors of those shapes and those attributes on the freshly built model; `ts.load` then fills
+the values from safetensors. This needs no per-layer code, so custom layers replay too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.io import TRANSFORMS
+
+Plain = int | float | bool | str | tuple[Any, ...] | list[Any] | None
+
+
+def _attrs(module: nn.Module) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if not k.startswith("_") and isinstance(v, (int, float, tuple)) and _plain(v)
+    }
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(isinstance(x, (int, float)) for x in v)
+    return True
+
+
+def _shapes(module: nn.Module) -> dict[str, list[int]]:
+    tensors = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+    return {k: list(t.shape) for k, t in tensors.items() if t is not None}
+
+
+def snapshot(model: nn.Module) -> dict[str, tuple[dict[str, Any], dict[str, list[int]]]]:
+    return {name: (_attrs(m), _shapes(m)) for name, m in model.named_modules()}
+
+
+def record_prune(model: nn.Module, before: dict[str, tuple[dict[str, Any], dict[str, list[int]]]]) -> dict[str, Any]:
+    """`{"shapes": {module: {tensor: shape}}, "attrs": {module: {attr: value}}}` of what changed."""
+    shapes: dict[str, dict[str, list[int]]] = {}
+    attrs: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        old_attrs, old_shapes = before.get(name, ({}, {}))
+        new_attrs, new_shapes = _attrs(module), _shapes(module)
+        changed = {k: list(v) if isinstance(v, tuple) else v for k, v in new_attrs.items() if old_attrs.get(k) != v}
+        if changed:
+            attrs[name] = changed
+        if new_shapes != old_shapes:
+            shapes[name] = new_shapes
+    return {"shapes": shapes, "attrs": attrs}
+
+
+@TRANSFORMS.register("channel_prune")
+def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
+    """Give the freshly built `model` the recorded shapes and attributes (values load afterwards)."""
+    for name, shapes in params.get("shapes", {}).items():
+        module = model.get_submodule(name)
+        for tensor_name, shape in shapes.items():
+            old = getattr(module, tensor_name)
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)
+            if isinstance(old, nn.Parameter):
+                setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                module._buffers[tensor_name] = new
+    for name, attrs in params.get("attrs", {}).items():
+        module = model.get_submodule(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
+    return model

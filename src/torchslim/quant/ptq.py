@@ -1,0 +1,182 @@
+"""Post-training quantization: choose layers, calibrate, round weights, swap in quantized modules.
+
+The swap is recorded as the `quantize` transform (layer name -> how it was quantized), which
+`ts.load` replays on the freshly built float model before loading the packed integers and scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim import io
+from torchslim.config import QuantConfig
+from torchslim.errors import UserError
+from torchslim.quant.calibrate import Calibration, calibrate
+from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
+from torchslim.quant.primitives import WeightSpec, check_bits
+from torchslim.quant.rounding import ROUNDING
+from torchslim.targeting import is_selected
+
+TRANSFORM = "quantize"
+
+
+@dataclass
+class QuantResult:
+    """What `quantize_` did: quantized layers, and layers kept in float with the reason."""
+
+    quantized: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept_float: dict[str, str] = field(default_factory=dict)
+
+    def notes(self) -> dict[str, Any]:
+        return {"quantized_layers": len(self.quantized), "kept_float": self.kept_float}
+
+
+def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize)."""
+    chosen, kept = {}, {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, WEIGHTED) or isinstance(mod, QuantModule):
+            continue
+        if not is_selected(name, config.include, config.exclude):
+            kept[name] = "excluded by glob"
+        elif type(mod).__name__ not in HANDLERS:
+            kept[name] = f"{type(mod).__name__} cannot be quantized yet (skipped)"
+        elif _unsupported(mod):
+            kept[name] = f"{type(mod).__name__} with {_unsupported(mod)} cannot be quantized yet (skipped)"
+        else:
+            chosen[name] = mod
+    return chosen, kept
+
+
+def _unsupported(mod: nn.Module) -> str | None:
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and (
+        mod.padding_mode != "zeros" or isinstance(mod.padding, str)
+    ):
+        return "non-zero or string padding"
+    return None
+
+
+def layer_spec(mod: nn.Module, config: QuantConfig) -> tuple[WeightSpec, str | None]:
+    """Spec for one layer; per_group falls back to per_channel when the inputs do not divide evenly."""
+    granularity = config.weights
+    inputs = mod.weight[0].numel()
+    if granularity == "per_group" and inputs % config.group_size:
+        granularity = "per_channel"
+    spec = WeightSpec(config.bits, granularity, config.group_size, config.symmetric)
+    return spec, None if isinstance(mod, nn.Embedding) else config.activations
+
+
+def quantize_(
+    model: nn.Module,
+    config: QuantConfig,
+    data: Iterable[Any] | None = None,
+    *,
+    rounding: str = "nearest",
+    smoothing: float = 0.0,
+    calibration_batches: int | None = None,
+) -> QuantResult:
+    """Quantize `model` in place. Static activations, GPTQ and SmoothQuant need calibration `data`.
+
+    `smoothing` is SmoothQuant's alpha (0 disables; 0.5 is the paper's default) for Linear layers:
+    activation outliers are divided out per input channel and folded into the weights.
+    """
+    check_bits(config.bits)
+    rounder = ROUNDING.get(rounding)
+    if not 0.0 <= smoothing <= 1.0:
+        raise UserError(f"smoothing must be in [0, 1], got {smoothing}")
+    layers, kept = select_layers(model, config)
+    if not layers:
+        raise UserError(
+            "no quantizable layer selected (Linear, Conv1d, Conv2d, Embedding); check include/exclude"
+        )
+    needs = {"static activations": config.activations == "static", "gptq": rounding == "gptq"}
+    needs["smoothing"] = smoothing > 0
+    if any(needs.values()) and data is None:
+        raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
+    cal = Calibration()
+    if any(needs.values()):
+        linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+        method = config.calibration if config.activations == "static" else None
+        cal = calibrate(
+            model,
+            layers,
+            data or [],
+            method=method,
+            batches=calibration_batches,
+            hessian_for=linear if needs["gptq"] else [],
+            absmax_for=linear if needs["smoothing"] else [],
+        )
+    result = QuantResult(kept_float=kept)
+    for name, mod in layers.items():
+        result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing)
+    io.add_transform(model, TRANSFORM, {"layers": result.quantized})
+    return result
+
+
+def _quantize_layer(
+    model: nn.Module,
+    name: str,
+    mod: nn.Module,
+    config: QuantConfig,
+    cal: Calibration,
+    rounder: Any,
+    alpha: float,
+) -> dict[str, Any]:
+    spec, activations = layer_spec(mod, config)
+    weight, hessian = mod.weight.detach(), cal.hessians.get(name)
+    smooth = cal.absmax.get(name) if alpha > 0 else None
+    qmod = swap(model, name, mod, spec, activations, smooth is not None)
+    if smooth is not None:
+        s = (smooth.clamp_min(1e-5) ** alpha / weight.abs().amax(0).clamp_min(1e-5) ** (1 - alpha)).clamp_min(
+            1e-5
+        )
+        qmod.smooth = s.float()
+        weight = weight * s  # x / s @ (w * s)^T == x @ w^T
+        hessian = hessian / s[:, None] / s[None, :] if hessian is not None else None
+    rounder(qmod, weight, hessian)
+    if activations == "static":
+        for which, obs in cal.observers[name].items():
+            lo, hi = obs.range(8, symmetric=False)
+            if which == "in" and smooth is not None:  # observer saw x, layer quantizes x / s: a safe bound
+                lo, hi = lo / float(qmod.smooth.min()), hi / float(qmod.smooth.min())
+            qmod.set_activation_range(which, lo, hi)
+    return {**_params(mod, spec, activations), "smooth": smooth is not None}
+
+
+def swap(
+    model: nn.Module,
+    name: str,
+    mod: nn.Module,
+    spec: WeightSpec,
+    activations: str | None,
+    smooth: bool = False,
+) -> QuantModule:
+    extra = {"smooth": True} if smooth else {}
+    qmod = HANDLERS.get(type(mod).__name__)(mod, spec, activations, **extra)  # type: ignore[arg-type]
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, qmod)
+    return qmod
+
+
+def _params(mod: nn.Module, spec: WeightSpec, activations: str | None) -> dict[str, Any]:
+    return {
+        "type": type(mod).__name__,
+        "bits": spec.bits,
+        "granularity": spec.granularity,
+        "group_size": spec.group_size,
+        "symmetric": spec.symmetric,
+        "activations": activations,
+    }
+
+
+@io.TRANSFORMS.register(TRANSFORM)
+def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
+    """Swap the recorded layers for empty quantized ones; packed values load afterwards."""
+    for name, p in params["layers"].items():
+        spec = WeightSpec(p["bits"], p["granularity"], p["group_size"], p["symmetric"])
+        swap(model, name, model.get_submodule(name), spec, p["activations"], p.get("smooth", False))
+    return model

@@ -1,0 +1,64 @@
+"""Recipe stage `quantize`: the QuantConfig fields, a `calibration` block, rounding and runtime."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from torchslim.config import QuantConfig
+from torchslim.metrics.runtimes import RUNTIMES
+from torchslim.quant.api import quantize_
+from torchslim.recipe import StageSpec, register_stage
+
+
+class CalibrationSpec(StageSpec):
+    method: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    """Activation range estimator (a registered observer)."""
+    batches: int = Field(16, ge=1, le=100_000)
+    """Batches of the task's calibration data read (static activations, GPTQ)."""
+
+
+class QuantizeSpec(StageSpec):
+    bits: int = Field(8, ge=2, le=8)
+    """Weight bit width, 2 to 8."""
+    weights: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
+    group_size: int = Field(128, ge=1)
+    symmetric: bool = True
+    activations: Literal["dynamic", "static"] | None = None
+    """null: weight-only; dynamic: per batch at run time; static: ranges from calibration."""
+    calibration: CalibrationSpec = CalibrationSpec()
+    kind: Literal["int", "codebook"] = "int"
+    include: list[str] = []
+    exclude: list[str] = []
+    """Globs of layers kept in float (e.g. the first and last layers)."""
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    """`gptq`: error-compensating weight rounding for Linear layers (uses calibration data)."""
+    runtime: Literal["torch", "torch.compile", "onnxruntime"] = "torch"
+    """Where this and later stages' latency is measured; the baseline is re-timed there too."""
+
+    def config(self) -> QuantConfig:
+        return QuantConfig(
+            bits=self.bits,
+            weights=self.weights,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            activations=self.activations,
+            calibration=self.calibration.method,
+            kind=self.kind,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+        )
+
+
+@register_stage("quantize", QuantizeSpec)
+def quantize(ctx: Any, spec: QuantizeSpec) -> None:
+    config = spec.config()
+    needs_data = config.activations == "static" or spec.rounding == "gptq"
+    data = ctx.task.calibration_loader(batches=spec.calibration.batches) if needs_data else None
+    result = quantize_(ctx.model, config, data, rounding=spec.rounding)
+    ctx.note(**result.notes())
+    if spec.runtime != ctx.runtime:
+        ctx.runtime = spec.runtime
+        baseline = RUNTIMES.get(spec.runtime)(ctx.teacher, ctx.task.example_inputs)
+        ctx.note(baseline_latency_ms_same_runtime=round(baseline, 4))

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.errors import UserError
+from torchslim.quant.modules import QuantConv, QuantLinear
+from torchslim.zoo.base import Task
+
+
+def _calib(task: Task, n: int = 4) -> list:
+    return [b for _, b in zip(range(n), task.train_loader(seed=1), strict=False)]
+
+
+@pytest.mark.parametrize(
+    ("config", "max_drop"),
+    [
+        (ts.QuantConfig(bits=8, activations=None), 0.01),
+        (ts.QuantConfig(bits=8, activations="dynamic"), 0.01),
+        (ts.QuantConfig(bits=8, activations="static", calibration="minmax"), 0.01),
+        (ts.QuantConfig(bits=4, weights="per_group", group_size=16), 0.03),
+    ],
+)
+def test_tiny_task_accuracy(tiny_task: Task, config: ts.QuantConfig, max_drop: float) -> None:
+    model = tiny_task.model()
+    before = tiny_task.evaluate(model)
+    result = ts.quantize_(model, config, data=_calib(tiny_task))
+    assert isinstance(model.fc1, QuantLinear) and set(result.quantized) == {"fc1", "fc2"}
+    assert tiny_task.evaluate(model) >= before - max_drop
+
+
+@pytest.mark.parametrize("method", ["minmax", "moving_average", "percentile", "mse", "entropy"])
+def test_static_every_observer(tiny_task: Task, method: str) -> None:
+    model = tiny_task.model()
+    before = tiny_task.evaluate(model)
+    ts.quantize_(model, ts.QuantConfig(activations="static", calibration=method), data=_calib(tiny_task))
+    assert float(model.fc1.in_scale) > 0 and float(model.fc2.out_scale) > 0
+    assert tiny_task.evaluate(model) >= before - 0.02
+
+
+def test_save_load_packed(tiny_task: Task, tmp_path) -> None:
+    model = tiny_task.model()
+    fp32 = ts.io.saved_size(model)
+    ts.quantize_(model, ts.QuantConfig(bits=4, weights="per_group", group_size=16, exclude=["fc2"]))
+    ts.save(model, tmp_path / "m")
+    loaded = ts.load(tmp_path / "m")
+    assert isinstance(loaded.fc1, QuantLinear) and isinstance(loaded.fc2, nn.Linear)
+    assert loaded.fc1.qweight.dtype == torch.uint8 and loaded.fc1.qweight.numel() == 64 * 32 // 2
+    x = tiny_task.example_inputs
+    assert torch.equal(loaded(x), model(x))
+    # fc1 holds 2048 of 2378 weights: 4-bit packing plus fp32 group scales, beside safetensors headers
+    assert ts.io.saved_size(loaded) < 0.45 * fp32
+
+
+def test_static_conv_lenet_round_trip(lenet: nn.Module, tmp_path) -> None:
+    ts.io.set_source(lenet, "factory", target="conftest:LeNet5")
+    calib = [torch.randn(8, 1, 28, 28) for _ in range(3)]
+    ref = lenet(calib[0])
+    ts.quantize_(lenet, ts.QuantConfig(activations="static"), data=calib)
+    assert isinstance(lenet.conv1, QuantConv)
+    out = lenet(calib[0])
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+    ts.save(lenet, tmp_path / "m")
+    assert torch.equal(ts.load(tmp_path / "m")(calib[0]), out)
+
+
+def test_gptq_beats_nearest_at_3_bits() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs: where GPTQ helps
+    ref = model(x)
+    errs = {}
+    for rounding in ("nearest", "gptq"):
+        m = nn.Sequential(nn.Linear(64, 64))
+        m.load_state_dict(model.state_dict())
+        ts.quantize_(m, ts.QuantConfig(bits=3), data=[x], rounding=rounding)
+        with torch.no_grad():
+            errs[rounding] = float((m(x) - ref).pow(2).mean())
+    assert errs["gptq"] < 0.7 * errs["nearest"]
+
+
+def test_bad_inputs(tiny_task: Task) -> None:
+    with pytest.raises(UserError, match="2..8"):
+        ts.QuantConfig(bits=9)
+    with pytest.raises(UserError, match="calibration data"):
+        ts.quantize_(tiny_task.model(), ts.QuantConfig(activations="static"))
+    with pytest.raises(UserError, match="NaN or infinity"):
+        ts.quantize_(
+            tiny_task.model(), ts.QuantConfig(activations="static"), data=[torch.full((4, 64), torch.nan)]
+        )
+    with pytest.raises(UserError, match="no quantizable layer"):
+        ts.quantize_(nn.Sequential(nn.ReLU()), ts.QuantConfig())
+    with pytest.raises(UserError, match="no quantizable layer"):
+        ts.quantize_(tiny_task.model(), ts.QuantConfig(exclude=["fc*"]))
+
+
+def test_unsupported_layer_is_named() -> None:
+    model = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 1, 4, 4, 4))
+    result = ts.quantize_(model, ts.QuantConfig())
+    assert "Conv3d" in result.kept_float["0"] and "2" in result.quantized
