@@ -6,10 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import conftest  # noqa: E402,F401  (registers the tiny task)
-import torch.distributed as dist  # noqa: E402
+import torch.distributed as dist
 
-import torchslim as ts  # noqa: E402
+import conftest  # noqa: F401  (registers the tiny task)
+import torchslim as ts
 
 out = Path(sys.argv[1])
 recipe = {"model": "zoo:tiny-digits", "stages": [{"finetune": {"epochs": 4, "lr": 0.005}}]}
