@@ -361,7 +361,9 @@ def _headline(report: dict) -> str:
 
 def _stage_table(report: dict) -> str:
     stages = report["stages"]
-    extra = list(dict.fromkeys(k for s in stages for k in s if k not in STAGE_FIELDS))
+    extra = list(
+        dict.fromkeys(k for s in stages for k, v in s.items() if k not in STAGE_FIELDS and _scalar(v))
+    )
     heads = ["#", "stage", "runtime", "params", "nonzero params", "MACs", "size", "latency", report["metric"]]
     rows = []
     for i, s in enumerate(stages):
@@ -373,6 +375,22 @@ def _stage_table(report: dict) -> str:
         rows.append(cells)
     final = len(stages) - 1 if len(stages) > 1 else -1
     return _table([_esc(h) for h in heads + extra], rows, final)
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _stage_details(report: dict) -> str:
+    """Structured stage notes (training history, per-layer choices) as collapsible JSON per stage."""
+    out = []
+    for i, s in enumerate(report["stages"]):
+        details = {k: v for k, v in s.items() if k not in STAGE_FIELDS and not _scalar(v)}
+        if details:
+            text = _esc(json.dumps(details, indent=2, default=str))
+            summary = _esc(f"{i}: {s['name']} — {', '.join(details)}")
+            out.append(f"<details><summary>{summary}</summary><pre>{text}</pre></details>")
+    return "\n".join(["<h2>Stage details</h2>", *out]) if out else ""
 
 
 def _fmt_extra(v: Any) -> str:
@@ -456,6 +474,7 @@ def render_html(report: dict) -> str:
         "<h2>Charts</h2>",
         _stage_charts(report),
         _layer_section(report["layers"]) if report.get("layers") is not None else "",
+        _stage_details(report),
         _extras_section(report),
         "<footer>Written by torchslim. Size is on disk; latency is the median forward time on one thread."
         "</footer></main></body></html>\n",
