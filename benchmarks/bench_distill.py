@@ -1,0 +1,182 @@
+"""Distillation: a small mnist1d student with and without a teacher, a 3-layer MiniLM student,
+and data-parallel training in two processes against one."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import torchslim as ts
+from benchmarks.harness import Table, benchmark
+from torchslim.distill.students import shallow_student
+from torchslim.distill.trainer import fit
+from torchslim.metrics.latency import measure_latency, threads
+from torchslim.metrics.size import param_count
+from torchslim.zoo.base import Task
+from torchslim.zoo.minilm import load_sentences
+
+EPOCHS = 20
+LR = 1e-2
+
+
+def _quarter_width(task: Task, teacher_params: int) -> float:
+    """The widest student with at most a quarter of the teacher's parameters."""
+    width = 1.0
+    while param_count(task.build(width=width)) > teacher_params / 4:
+        width -= 0.02
+    return round(width, 2)
+
+
+def _student_runs(
+    task: Task, teacher: torch.nn.Module, width: float, seeds: list[int], epochs: int
+) -> tuple[list[float], list[float]]:
+    scratch, distilled = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        a = task.build(width=width)
+        b = task.build(width=width)
+        b.load_state_dict(a.state_dict())
+        loader = lambda epoch, s=seed: task.train_loader(seed=s * 1000 + epoch)  # noqa: E731
+        with threads(1):
+            fit(a, loader, lambda m, x, y: task.loss(m(x), y), epochs=epochs, lr=LR, seed=seed)
+            config = ts.DistillConfig(temperature=4.0, alpha=0.9, epochs=epochs, lr=LR, seed=seed)
+            ts.distill(b, teacher, loader, config, hard_loss=task.loss)
+        scratch.append(task.evaluate(a))
+        distilled.append(task.evaluate(b))
+    return scratch, distilled
+
+
+def _mnist1d_rows(table: Table, quick: bool) -> None:
+    task = ts.zoo.get("mnist1d-cnn")
+    teacher = task.model()
+    t_params = param_count(teacher)
+    width = _quarter_width(task, t_params)
+    s_params = param_count(task.build(width=width))
+    seeds = [0] if quick else [0, 1, 2]
+    scratch, distilled = _student_runs(task, teacher, width, seeds, 5 if quick else EPOCHS)
+    gain = statistics.mean(distilled) - statistics.mean(scratch)
+    table.rows.append(["mnist1d-cnn teacher", "trained baseline", t_params, task.evaluate(teacher), "-"])
+    table.rows.append(
+        [
+            f"student w={width} from scratch",
+            f"mean of {len(seeds)} seeds",
+            s_params,
+            statistics.mean(scratch),
+            ", ".join(f"{v:.3f}" for v in scratch),
+        ]
+    )
+    table.rows.append(
+        [
+            f"student w={width} distilled",
+            f"mean of {len(seeds)} seeds",
+            s_params,
+            statistics.mean(distilled),
+            ", ".join(f"{v:.3f}" for v in distilled),
+        ]
+    )
+    verdict = "met" if gain >= 0.01 else "MISSED"
+    table.notes.append(
+        f"mnist1d: student has {s_params / t_params:.2f}x the teacher's params; distillation "
+        f"{gain * 100:+.2f} points over scratch, same data and budget (target >= +1): {verdict}"
+    )
+
+
+def _minilm_rows(table: Table, quick: bool) -> None:
+    task = ts.zoo.get("minilm")
+    teacher = task.model()
+    student = shallow_student(teacher)
+    before = task.evaluate(student)
+    config = ts.DistillConfig(epochs=2 if quick else 8, lr=5e-5 * 4, alpha=1.0)
+    with threads(1):
+        ts.distill(
+            student, teacher, lambda e: task.train_loader(seed=e), config, outputs="embedding", hard_loss=None
+        )
+    train, test = load_sentences()
+    ids = task.tokenize((test + train)[:64])
+    inputs = (ids["input_ids"], ids["attention_mask"])
+    t_ms = measure_latency(teacher, inputs, repeats=5 if quick else 15)
+    s_ms = measure_latency(student, inputs, repeats=5 if quick else 15)
+    table.rows.append(
+        ["minilm 6-layer teacher", "pretrained", param_count(teacher), 1.0, f"{t_ms:.1f} ms / 64"]
+    )
+    table.rows.append(
+        [
+            "minilm 3-layer student",
+            f"cosine before distill {before:.3f}",
+            param_count(student),
+            task.evaluate(student),
+            f"{s_ms:.1f} ms / 64 ({t_ms / s_ms:.2f}x faster)",
+        ]
+    )
+    table.notes.append(
+        f"minilm: 3-layer student cosine to the teacher {task.evaluate(student):.4f}, "
+        f"retrieval agreement {task.retrieval_agreement(student):.2f}, {t_ms / s_ms:.2f}x faster "
+        "(64 sentences, one thread)"
+    )
+
+
+DDP_SCRIPT = """
+import json, sys, time, torch, torch.distributed as dist
+import torchslim as ts
+from torchslim.distill.distributed import init_from_env, rank_and_size
+from torchslim.distill.trainer import fit
+from torchslim.zoo.base import Task
+init_from_env(); torch.set_num_threads(1)
+task = ts.zoo.get("mnist1d-cnn"); torch.manual_seed(0); model = task.build()
+start = time.perf_counter()
+fit(model, lambda e: task.train_loader(seed=e), lambda m, x, y: task.loss(m(x), y),
+    epochs=int(sys.argv[1]), lr=1e-2)
+seconds = time.perf_counter() - start
+rank, size = rank_and_size()
+if rank == 0:
+    print(json.dumps({"size": size, "seconds": seconds, "accuracy": task.evaluate(model)}))
+"""
+
+
+def _ddp_rows(table: Table, quick: bool) -> None:
+    epochs = 4 if quick else EPOCHS
+    examples = epochs * 4000
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "ddp.py"
+        script.write_text(DDP_SCRIPT)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        for procs in (1, 2):
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={procs}",
+                "--master_port=29761",
+                str(script),
+                str(epochs),
+            ]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            table.rows.append(
+                [
+                    f"mnist1d-cnn, torchrun x{procs}",
+                    f"{epochs} epochs",
+                    "-",
+                    result["accuracy"],
+                    f"{examples / result['seconds']:.0f} examples/s",
+                ]
+            )
+
+
+@benchmark("distill")
+def run(quick: bool) -> Table:
+    table = Table("Knowledge distillation", ["model", "setting", "params", "metric", "detail"])
+    started = time.perf_counter()
+    _mnist1d_rows(table, quick)
+    _minilm_rows(table, quick)
+    _ddp_rows(table, quick)
+    table.notes.append(f"wall time {time.perf_counter() - started:.0f} s")
+    return table
