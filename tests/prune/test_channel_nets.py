@@ -58,7 +58,9 @@ class ResNet(nn.Module):
         for i, w in enumerate(widths):
             for b in range(blocks):
                 stride = 2 if i > 0 and b == 0 else 1
-                layers.append(Bottleneck(cin, w // 2, w * 2, stride) if bottleneck else BasicBlock(cin, w, stride))
+                layers.append(
+                    Bottleneck(cin, w // 2, w * 2, stride) if bottleneck else BasicBlock(cin, w, stride)
+                )
                 cin = w * 2 if bottleneck else w
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -77,9 +79,13 @@ class DenseNet(nn.Module):
         self.blocks = nn.ModuleList()
         c = 16
         for _ in range(layers):
-            self.blocks.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1)))
+            self.blocks.append(
+                nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1))
+            )
             c += growth
-        self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -94,7 +100,9 @@ class InvertedResidual(nn.Module):
         mid = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            conv_bn(cin, mid, 1), conv_bn(mid, mid, 3, stride, groups=mid), nn.Conv2d(mid, cout, 1, bias=False),
+            conv_bn(cin, mid, 1),
+            conv_bn(mid, mid, 3, stride, groups=mid),
+            nn.Conv2d(mid, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         )
 
@@ -106,8 +114,11 @@ class MobileNetV2(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn(3, 16, 3, 2), InvertedResidual(16, 16, 4, 1), InvertedResidual(16, 24, 4, 2),
-            InvertedResidual(24, 24, 4, 1), conv_bn(24, 64, 1),
+            conv_bn(3, 16, 3, 2),
+            InvertedResidual(16, 16, 4, 1),
+            InvertedResidual(16, 24, 4, 2),
+            InvertedResidual(24, 24, 4, 1),
+            conv_bn(24, 64, 1),
         )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, 10))
 
@@ -157,27 +168,62 @@ def _hf(kind: str) -> Callable[[], nn.Module]:
 
 
 def _llama(t: Any) -> nn.Module:
-    cfg = t.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = t.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        use_cache=False,
+    )
     return t.LlamaForCausalLM(cfg)
 
 
 HF_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
-    "hf-resnet": lambda t: t.ResNetForImageClassification(t.ResNetConfig(
-        num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck",
-        num_labels=10)),
-    "hf-convnext": lambda t: t.ConvNextForImageClassification(t.ConvNextConfig(
-        num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)),
-    "hf-mobilenetv2": lambda t: t.MobileNetV2ForImageClassification(t.MobileNetV2Config(
-        num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=10, tf_padding=False)),
-    "hf-vit": lambda t: t.ViTForImageClassification(t.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, num_labels=10)),
-    "hf-bert": lambda t: t.BertModel(t.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32)),
-    "hf-gpt2": lambda t: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
-                                                        n_positions=32)),
+    "hf-resnet": lambda t: t.ResNetForImageClassification(
+        t.ResNetConfig(
+            num_channels=3,
+            embedding_size=16,
+            hidden_sizes=[16, 32],
+            depths=[1, 1],
+            layer_type="bottleneck",
+            num_labels=10,
+        )
+    ),
+    "hf-convnext": lambda t: t.ConvNextForImageClassification(
+        t.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)
+    ),
+    "hf-mobilenetv2": lambda t: t.MobileNetV2ForImageClassification(
+        t.MobileNetV2Config(
+            num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=10, tf_padding=False
+        )
+    ),
+    "hf-vit": lambda t: t.ViTForImageClassification(
+        t.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=10,
+        )
+    ),
+    "hf-bert": lambda t: t.BertModel(
+        t.BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    ),
+    "hf-gpt2": lambda t: t.GPT2LMHeadModel(
+        t.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, use_cache=False)
+    ),
     "hf-llama": _llama,
 }
 

@@ -34,7 +34,9 @@ def test_lenet_conv_to_flatten_to_linear() -> None:
 def test_residual_additions_couple_block_outputs() -> None:
     graph = _graph("resnet-bottleneck")
     group = _group_with(graph, "layers.0.body.2")
-    assert {("layers.0.short", "out"), ("layers.0.bn", "both"), ("layers.1.body.2", "out")} <= set(group.positions)
+    assert {("layers.0.short", "out"), ("layers.0.bn", "both"), ("layers.1.body.2", "out")} <= set(
+        group.positions
+    )
     assert ("layers.2.short", "in") in group.positions  # the next stage's shortcut consumes it
 
 
@@ -50,7 +52,10 @@ def test_concatenation_maps_positions_to_their_producers() -> None:
 def test_depthwise_conv_follows_its_input_channels() -> None:
     graph = _graph("mobilenetv2")
     group = _group_with(graph, "features.1.conv.0.0")
-    assert ("features.1.conv.1.0", "in") in group.positions and ("features.1.conv.1.0", "out") in group.positions
+    assert ("features.1.conv.1.0", "in") in group.positions and (
+        "features.1.conv.1.0",
+        "out",
+    ) in group.positions
 
 
 def test_transposed_conv_upsampling_groupnorm() -> None:
@@ -96,7 +101,9 @@ class DataDependent(nn.Module):
         return x if x.sum() > 0 else -x
 
 
-@pytest.mark.parametrize(("model", "message"), [(Cumsum, "op 'cumsum' in module 'mix'"), (Branchy, "module 'mix'")])
+@pytest.mark.parametrize(
+    ("model", "message"), [(Cumsum, "op 'cumsum' in module 'mix'"), (Branchy, "module 'mix'")]
+)
 def test_unknown_op_names_op_and_module_and_exclude_fixes_it(model: type[nn.Module], message: str) -> None:
     net, x = model(), torch.randn(1, 3, 8, 8)
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -61,7 +61,9 @@ def test_norms_keep_their_channels(layer: nn.Module, x: torch.Tensor) -> None:
         for p in layer.parameters():
             p.uniform_(0.5, 1.5)
     dim = 1
-    keep = torch.tensor([0, 1, 4, 5]) if isinstance(layer, nn.GroupNorm) else _keep(8)  # GroupNorm: whole groups
+    keep = (
+        torch.tensor([0, 1, 4, 5]) if isinstance(layer, nn.GroupNorm) else _keep(8)
+    )  # GroupNorm: whole groups
     dense = layer(x).index_select(dim, keep)
     prune_module(layer, "both", keep)
     out = layer(x.index_select(dim, keep))

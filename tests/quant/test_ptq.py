@@ -101,3 +101,30 @@ def test_unsupported_layer_is_named() -> None:
     model(torch.randn(1, 1, 4, 4, 4))
     result = ts.quantize_(model, ts.QuantConfig())
     assert "Conv3d" in result.kept_float["0"] and "2" in result.quantized
+
+
+def test_smoothquant_dynamic_beats_plain_on_outlier_channels() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(256, 64)
+    x[:, 3] *= 60.0  # one outlier channel, as after LayerNorm in BERT
+    ref = lin(x).detach()
+    errs = {}
+    for alpha in (0.0, 0.7):
+        m = nn.Sequential(nn.Linear(64, 32))
+        m[0].load_state_dict(lin.state_dict())
+        ts.quantize_(m, ts.QuantConfig(activations="dynamic"), data=[x], smoothing=alpha)
+        with torch.no_grad():
+            errs[alpha] = float((m(x) - ref).pow(2).mean())
+    assert errs[0.7] < 0.5 * errs[0.0]
+
+
+def test_embedding_int4_gather_matches_full_table(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(100, 32))
+    ts.io.set_source(model, "factory", target="torch.nn:Identity")  # only the record is needed here
+    ts.quantize_(model, ts.QuantConfig(bits=4, weights="per_group", group_size=16))
+    ids = torch.randint(0, 100, (3, 7))
+    full = model[0].weight()[ids]
+    assert torch.equal(model(ids), full)  # gathering packed rows == indexing the dequantized table
+    assert model[0].qweight.numel() == 100 * 32 // 2

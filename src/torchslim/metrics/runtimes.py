@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ RUNTIMES.register("torch", measure_latency)
 def compiled_latency(model: nn.Module, example_inputs: Any) -> float:
     model.eval()
     with threads(1), torch.inference_mode():
-        compiled = torch.compile(model)
+        compiled = cast(nn.Module, torch.compile(model))
         return time_fn(lambda: call(compiled, example_inputs), warmup=3, repeats=20)
 
 

@@ -124,7 +124,7 @@ def search_ratio(
             f"ChannelConfig: cannot reach {target:.0%} of the dense cost by pruning "
             f"the prunable channels (at most {cost(hi) / budget * target:.0%}); exclude fewer modules"
         )
-    for _ in range(12):
+    for _ in range(8):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if cost(mid) <= budget else (mid, hi)
     return hi
@@ -141,8 +141,12 @@ class ChannelReport:
     """With `soft=True`: the callback that re-zeroes channels while training; call `finalize(model)`."""
 
     def notes(self) -> dict[str, Any]:
-        return {"ratio": round(self.ratio, 4), "groups": self.groups, "units_removed": self.units_removed,
-                "units_total": self.units_total}
+        return {
+            "ratio": round(self.ratio, 4),
+            "groups": self.groups,
+            "units_removed": self.units_removed,
+            "units_total": self.units_total,
+        }
 
 
 def prune_channels_(
@@ -172,8 +176,9 @@ def prune_channels_(
         metric = "macs" if config.macs_target is not None else "latency"
         ratio = search_ratio(model, graph, scores, config, lambda m: _cost(m, example_inputs, metric))
     plan = plan_for(graph, scores, ratio, config)
-    report = ChannelReport(ratio, len(graph.groups), sum(len(v) for v in plan.values()),
-                           sum(g.units for g in graph.groups))
+    report = ChannelReport(
+        ratio, len(graph.groups), sum(len(v) for v in plan.values()), sum(g.units for g in graph.groups)
+    )
     if config.soft:
         report.soft = SoftChannelPruner(graph, config, ratio, ctx)
         report.soft.zero(model, plan)

@@ -67,8 +67,17 @@ class ChannelSpec(StageSpec):
         return self
 
     def config(self) -> ChannelConfig:
-        fields = ("ratio", "macs_target", "latency_target", "importance", "scope", "round_to", "include",
-                  "exclude", "soft")
+        fields = (
+            "ratio",
+            "macs_target",
+            "latency_target",
+            "importance",
+            "scope",
+            "round_to",
+            "include",
+            "exclude",
+            "soft",
+        )
         return ChannelConfig(**{f: getattr(self, f) for f in fields})
 
 
@@ -76,7 +85,9 @@ class ChannelSpec(StageSpec):
 def run_channel(ctx: Any, spec: ChannelSpec) -> None:
     config = spec.config()
     task = ctx.task
-    data = task.calibration_loader(batches=spec.batches) if config.importance in ("taylor", "entropy") else None
+    data = (
+        task.calibration_loader(batches=spec.batches) if config.importance in ("taylor", "entropy") else None
+    )
     report = prune_channels_(ctx.model, config, task.example_inputs, data, loss=task.loss, seed=ctx.seed)
     if report.soft is not None:
         fit(

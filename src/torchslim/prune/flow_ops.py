@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -60,7 +61,85 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
 
 
 # -- channel-preserving ops ---------------------------------------------------------------------
-_UNARY = ["ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softplus", "Softmax", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Identity", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d", "ReplicationPad2d", "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "softmax", "dropout", "interpolate", "upsample", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "pad", "contiguous", "clone", "float", "half", "to", "detach", "neg", "abs", "exp", "sqrt", "rsqrt", "erf", "sin", "cos", "square"]
+_UNARY = [
+    "ReLU",
+    "ReLU6",
+    "GELU",
+    "SiLU",
+    "Sigmoid",
+    "Tanh",
+    "Hardswish",
+    "Hardsigmoid",
+    "LeakyReLU",
+    "ELU",
+    "Mish",
+    "Softplus",
+    "Softmax",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "Identity",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "Upsample",
+    "UpsamplingNearest2d",
+    "UpsamplingBilinear2d",
+    "ZeroPad2d",
+    "ConstantPad1d",
+    "ConstantPad2d",
+    "ReflectionPad1d",
+    "ReflectionPad2d",
+    "ReplicationPad2d",
+    "relu",
+    "relu_",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "leaky_relu",
+    "elu",
+    "mish",
+    "softmax",
+    "dropout",
+    "interpolate",
+    "upsample",
+    "max_pool1d",
+    "max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "pad",
+    "contiguous",
+    "clone",
+    "float",
+    "half",
+    "to",
+    "detach",
+    "neg",
+    "abs",
+    "exp",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "sin",
+    "cos",
+    "square",
+]
 
 
 @register(*_UNARY)
@@ -167,7 +246,7 @@ def split(an: Analyzer, n: fx.Node, out: Any) -> Out:
     if d != c.dim:
         return [Chan(c.ids, c.dim) for _ in out]
     bounds = np.cumsum([0] + [int(t.shape[d]) for t in out])
-    return [Chan(c.ids[a:b], d) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [Chan(c.ids[a:b], d) for a, b in itertools.pairwise(bounds.tolist())]
 
 
 @register("getitem")

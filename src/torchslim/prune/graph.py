@@ -23,7 +23,7 @@ of layer tensors form a `Group` (e.g. all output channels of one conv and its no
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -112,7 +112,9 @@ class _ShapeProxy(fx.Proxy):
     so specializing shapes is sound, and input checks (`if x.shape[1] != channels: raise`) trace."""
 
     def __getattr__(self, k: str) -> Any:
-        shape = getattr(self.tracer, "shapes", {}).get(self.node.name) if self.node.op == "placeholder" else None
+        shape = (
+            getattr(self.tracer, "shapes", {}).get(self.node.name) if self.node.op == "placeholder" else None
+        )
         if shape is not None and k == "shape":
             return shape
         if shape is not None and k == "size":
@@ -146,11 +148,13 @@ def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.G
     if not given:
         given = {p.name: v for p, v in zip(params, as_tuple(example_inputs), strict=False)}
     concrete = {p.name: p.default for p in params if p.name not in given and p.default is not p.empty}
-    varkw = {"**" + p.name: {} for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD}
+    varkw: dict[str, Any] = {"**" + p.name: {} for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD}
     tracer = _Tracer(leaves, {k: v.shape for k, v in given.items() if isinstance(v, torch.Tensor)})
     cls = type(model)
     forward = inspect.unwrap(cls.forward)
-    if forward is not cls.forward:  # decorators taking **kwargs (transformers' return_dict) hide the signature
+    if (
+        forward is not cls.forward
+    ):  # decorators taking **kwargs (transformers' return_dict) hide the signature
         model.__class__ = type(cls.__name__, (cls,), {"forward": forward})
     try:
         graph = tracer.trace(model, concrete_args=concrete | varkw)

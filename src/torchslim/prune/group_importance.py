@@ -64,7 +64,7 @@ def tensors_of(ctx: Context, key: Key) -> dict[str, tuple[torch.Tensor, int]]:
     rule = rule_of(module)
     assert rule is not None
     dims = rule.in_dims(module) if role == "in" else rule.out_dims(module)
-    out = {}
+    out: dict[str, tuple[torch.Tensor, int]] = {}
     for name, dim in dims.items():
         t = getattr(module, name, None)
         if isinstance(t, nn.Parameter):
@@ -117,7 +117,9 @@ def _prepare_taylor(ctx: Context) -> None:
         for batch in ctx.data:
             inputs, target = split(batch)
             with torch.enable_grad():
-                grads = torch.autograd.grad(ctx.loss(call(ctx.model, inputs), target), params, allow_unused=True)
+                grads = torch.autograd.grad(
+                    ctx.loss(call(ctx.model, inputs), target), params, allow_unused=True
+                )
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     total = ctx.grads.setdefault(id(p), torch.zeros_like(p, dtype=torch.float32))
@@ -128,9 +130,7 @@ def _prepare_taylor(ctx: Context) -> None:
 
 def _taylor(ctx: Context, key: Key) -> torch.Tensor | None:
     parts = [
-        per_position(ctx.grads[id(t)], d)
-        for t, d in tensors_of(ctx, key).values()
-        if id(t) in ctx.grads
+        per_position(ctx.grads[id(t)], d) for t, d in tensors_of(ctx, key).values() if id(t) in ctx.grads
     ]
     return torch.stack(parts).sum(0) if parts else None
 
@@ -189,8 +189,8 @@ def group_scores(ctx: Context, criterion: str) -> list[np.ndarray]:
         found = False
         for key, pos in group.positions.items():
             if key not in cache:
-                s = crit.score(ctx, key)
-                cache[key] = None if s is None else s.double().numpy()
+                t = crit.score(ctx, key)
+                cache[key] = None if t is None else t.double().numpy()
             s = cache[key]
             if s is not None:
                 np.add.at(scores, pos[pos >= 0], s[pos >= 0])

@@ -22,15 +22,15 @@ import torch.nn as nn
 from torchslim.prune.graph import Group, Key
 from torchslim.registry import Registry
 
-Sides = Callable[[str, nn.Module], tuple[int, dict[Key, np.ndarray], int]]
+Sides = Callable[[str, Any], tuple[int, dict[Key, np.ndarray], int]]
 """(path, module) -> (units, unit of each position per tensor side, channels per unit)."""
 
 
 @dataclass(frozen=True)
 class BlockRule:
     sides: Sides
-    fix: Callable[[nn.Module], None] = lambda m: None
-    config: Callable[[nn.Module], dict[str, int]] = lambda m: {}
+    fix: Callable[[Any], None] = lambda m: None
+    config: Callable[[Any], dict[str, int]] = lambda m: {}
     """Config fields that describe this block's pruned sizes (for `sync_config`); a name starting
     with `=` is a field the config cannot change (it must keep its value for the sizes to match)."""
 
@@ -43,7 +43,7 @@ def _heads(n: int, d: int) -> np.ndarray:
 
 
 def _mlp(up: tuple[str, ...], down: str) -> Sides:
-    def sides(path: str, m: nn.Module) -> tuple[int, dict[Key, np.ndarray], int]:
+    def sides(path: str, m: Any) -> tuple[int, dict[Key, np.ndarray], int]:
         first = m.get_submodule(up[0])
         n = first.weight.shape[1] if type(first).__name__ == "Conv1D" else first.weight.shape[0]
         units = np.arange(n)
@@ -56,7 +56,7 @@ def _mlp(up: tuple[str, ...], down: str) -> Sides:
 
 # -- BERT / ViT: separate query, key, value; output projection in a sibling module ---------------
 def _bert_like(inner: str) -> BlockRule:
-    def sides(path: str, m: nn.Module) -> tuple[int, dict[Key, np.ndarray], int]:
+    def sides(path: str, m: Any) -> tuple[int, dict[Key, np.ndarray], int]:
         att = m.get_submodule(inner)
         h, d = att.num_attention_heads, att.attention_head_size
         pos = _heads(h, d)
@@ -64,13 +64,15 @@ def _bert_like(inner: str) -> BlockRule:
         keys[(f"{path}.output.dense", "in")] = pos
         return h, keys, d
 
-    def fix(m: nn.Module) -> None:
+    def fix(m: Any) -> None:
         att = m.get_submodule(inner)
         att.all_head_size = att.query.out_features
         att.num_attention_heads = att.all_head_size // att.attention_head_size
 
     # head size is hidden / heads in these configs: fewer heads cannot be written into the config
-    return BlockRule(sides, fix, config=lambda m: {"=num_attention_heads": m.get_submodule(inner).num_attention_heads})
+    return BlockRule(
+        sides, fix, config=lambda m: {"=num_attention_heads": m.get_submodule(inner).num_attention_heads}
+    )
 
 
 BLOCKS.register("BertAttention", _bert_like("self"))
@@ -84,25 +86,23 @@ BLOCKS.register(
 
 
 # -- GPT-2: fused c_attn (Conv1D, [in, 3 * heads * head_dim]) -------------------------------------
-def _gpt2_sides(path: str, m: nn.Module) -> tuple[int, dict[Key, np.ndarray], int]:
+def _gpt2_sides(path: str, m: Any) -> tuple[int, dict[Key, np.ndarray], int]:
     h, d = m.num_heads, m.head_dim
     pos = _heads(h, d)
     return h, {(f"{path}.c_attn", "out"): np.concatenate([pos, pos, pos]), (f"{path}.c_proj", "in"): pos}, d
 
 
-def _gpt2_fix(m: nn.Module) -> None:
+def _gpt2_fix(m: Any) -> None:
     m.split_size = m.c_attn.nf // 3
     m.num_heads = m.split_size // m.head_dim
 
 
 BLOCKS.register("GPT2Attention", BlockRule(_gpt2_sides, _gpt2_fix, config=lambda m: {"=n_head": m.num_heads}))
-BLOCKS.register(
-    "GPT2MLP", BlockRule(_mlp(("c_fc",), "c_proj"), config=lambda m: {"n_inner": m.c_fc.nf})
-)
+BLOCKS.register("GPT2MLP", BlockRule(_mlp(("c_fc",), "c_proj"), config=lambda m: {"n_inner": m.c_fc.nf}))
 
 
 # -- Llama-style: q/k/v/o projections, grouped-query attention ------------------------------------
-def _llama_sides(path: str, m: nn.Module) -> tuple[int, dict[Key, np.ndarray], int]:
+def _llama_sides(path: str, m: Any) -> tuple[int, dict[Key, np.ndarray], int]:
     d = m.head_dim
     kv = m.k_proj.out_features // d
     rep = getattr(m, "num_key_value_groups", 1)
@@ -116,12 +116,12 @@ def _llama_sides(path: str, m: nn.Module) -> tuple[int, dict[Key, np.ndarray], i
     return kv, keys, d * rep
 
 
-def _llama_fix(m: nn.Module) -> None:
+def _llama_fix(m: Any) -> None:
     if hasattr(m, "num_attention_heads"):
         m.num_attention_heads = m.q_proj.out_features // m.head_dim
 
 
-def _llama_config(m: nn.Module) -> dict[str, int]:
+def _llama_config(m: Any) -> dict[str, int]:
     heads = m.q_proj.out_features // m.head_dim
     out = {"num_attention_heads": heads, "head_dim": m.head_dim}
     if hasattr(m, "num_key_value_groups"):

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
 from torchslim.registry import Registry
 
-Dims = Callable[[nn.Module], dict[str, int]]
-SetSize = Callable[[nn.Module, int], None]
+Dims = Callable[[Any], dict[str, int]]
+SetSize = Callable[[Any, int], None]
 Kind = Literal["producer", "passthrough", "opaque"]
 
 
@@ -43,10 +43,10 @@ class LayerRule:
     """Tensor name -> dim holding input channels."""
     set_out: SetSize = _noop
     set_in: SetSize = _noop
-    kind: Callable[[nn.Module], Kind] = lambda m: "producer"
+    kind: Callable[[Any], Kind] = lambda m: "producer"
     act_dim: int = 1
     """Channel dim of the layer's output activation (1 for conv-like, -1 for linear-like)."""
-    group_size: Callable[[nn.Module], tuple[int, int]] = lambda m: (0, 0)
+    group_size: Callable[[Any], tuple[int, int]] = lambda m: (0, 0)
     """(input, output) channels per group of a grouped conv; (0, 0) when ungrouped."""
 
 
@@ -120,22 +120,22 @@ register_layer(
 
 
 # -- convolutions --------------------------------------------------------------------------------
-def _conv_kind(m: nn.Module) -> Kind:
+def _conv_kind(m: Any) -> Kind:
     return "producer"
 
 
-def _conv_in_dims(m: nn.Module) -> dict[str, int]:
+def _conv_in_dims(m: Any) -> dict[str, int]:
     # a grouped conv loses whole groups (the graph couples them), so its weight's input dim is unchanged
     return {"weight": 1} if m.groups == 1 else {}
 
 
-def _conv_set_in(m: nn.Module, n: int) -> None:
+def _conv_set_in(m: Any, n: int) -> None:
     if m.groups > 1:  # whole groups went: the channels per group stay
         m.groups = n // (m.in_channels // m.groups)
     m.in_channels = n
 
 
-def _conv_group_size(m: nn.Module) -> tuple[int, int]:
+def _conv_group_size(m: Any) -> tuple[int, int]:
     return (0, 0) if m.groups == 1 else (m.in_channels // m.groups, m.out_channels // m.groups)
 
 
@@ -154,7 +154,7 @@ register_layer(
 )
 
 
-def _convt_kind(m: nn.Module) -> Kind:
+def _convt_kind(m: Any) -> Kind:
     return "producer" if m.groups == 1 else "opaque"
 
 
@@ -179,17 +179,19 @@ register_layer(
     "_BatchNorm",
     "_InstanceNorm",
     rule=LayerRule(
-        out_dims=lambda m: dict(_NORM_TENSORS), set_out=_set_attr("num_features"), kind=lambda m: "passthrough"
+        out_dims=lambda m: dict(_NORM_TENSORS),
+        set_out=_set_attr("num_features"),
+        kind=lambda m: "passthrough",
     ),
 )
 
 
-def _ln_kind(m: nn.Module) -> Kind:
+def _ln_kind(m: Any) -> Kind:
     # normalizing over several dims mixes channels with positions: we do not cut those
     return "passthrough" if len(getattr(m, "normalized_shape", (0,))) == 1 else "opaque"
 
 
-def _ln_set(m: nn.Module, n: int) -> None:
+def _ln_set(m: Any, n: int) -> None:
     if hasattr(m, "normalized_shape"):  # RMSNorm-likes of transformers keep only a weight
         m.normalized_shape = (n,)
 
@@ -198,13 +200,11 @@ register_layer(
     "LayerNorm",
     "RMSNorm",
     "LlamaRMSNorm",
-    rule=LayerRule(
-        out_dims=lambda m: {"weight": 0, "bias": 0}, set_out=_ln_set, kind=_ln_kind, act_dim=-1
-    ),
+    rule=LayerRule(out_dims=lambda m: {"weight": 0, "bias": 0}, set_out=_ln_set, kind=_ln_kind, act_dim=-1),
 )
 
 
-def _gn_set(m: nn.Module, n: int) -> None:
+def _gn_set(m: Any, n: int) -> None:
     per_group = m.num_channels // m.num_groups
     m.num_channels, m.num_groups = n, n // per_group
 

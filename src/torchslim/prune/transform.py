@@ -41,14 +41,18 @@ def snapshot(model: nn.Module) -> dict[str, tuple[dict[str, Any], dict[str, list
     return {name: (_attrs(m), _shapes(m)) for name, m in model.named_modules()}
 
 
-def record_prune(model: nn.Module, before: dict[str, tuple[dict[str, Any], dict[str, list[int]]]]) -> dict[str, Any]:
+def record_prune(
+    model: nn.Module, before: dict[str, tuple[dict[str, Any], dict[str, list[int]]]]
+) -> dict[str, Any]:
     """`{"shapes": {module: {tensor: shape}}, "attrs": {module: {attr: value}}}` of what changed."""
     shapes: dict[str, dict[str, list[int]]] = {}
     attrs: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         old_attrs, old_shapes = before.get(name, ({}, {}))
         new_attrs, new_shapes = _attrs(module), _shapes(module)
-        changed = {k: list(v) if isinstance(v, tuple) else v for k, v in new_attrs.items() if old_attrs.get(k) != v}
+        changed = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in new_attrs.items() if old_attrs.get(k) != v
+        }
         if changed:
             attrs[name] = changed
         if new_shapes != old_shapes:

@@ -86,7 +86,7 @@ def _hook(cal: Calibration, name: str, hessian: bool, absmax: bool) -> Any:
             m = x.detach().abs().reshape(-1, x.shape[-1]).amax(0)
             cal.absmax[name] = torch.maximum(cal.absmax[name], m) if name in cal.absmax else m
         if hessian:
-            flat = x.detach().reshape(-1, x.shape[-1]).double()
+            flat = x.detach().reshape(-1, x.shape[-1]).float()  # fp32 matmul: 4x faster than fp64 here
             h = flat.T @ flat
             cal.hessians[name] = cal.hessians[name] + h if name in cal.hessians else h
 

@@ -38,6 +38,16 @@ class QuantModule(nn.Module):
     """Shared storage and weight (de)quantization; subclasses supply the float op."""
 
     bias: nn.Parameter | None
+    # buffers (declared for the type checker; which exist depends on the grid and activation mode)
+    qweight: torch.Tensor
+    w_scale: torch.Tensor
+    w_zero: torch.Tensor
+    in_scale: torch.Tensor
+    in_zero: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero: torch.Tensor
+    smooth: torch.Tensor
+    conv: dict[str, Any]
 
     def __init__(
         self, weight_shape: tuple[int, ...], spec: WeightSpec, activations: str | None, smooth: bool = False

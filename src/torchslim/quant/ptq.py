@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from torchslim import io
@@ -37,7 +38,8 @@ class QuantResult:
 
 def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize)."""
-    chosen, kept = {}, {}
+    chosen: dict[str, nn.Module] = {}
+    kept: dict[str, str] = {}
     for name, mod in model.named_modules():
         if not isinstance(mod, WEIGHTED) or isinstance(mod, QuantModule):
             continue
@@ -63,7 +65,7 @@ def _unsupported(mod: nn.Module) -> str | None:
 def layer_spec(mod: nn.Module, config: QuantConfig) -> tuple[WeightSpec, str | None]:
     """Spec for one layer; per_group falls back to per_channel when the inputs do not divide evenly."""
     granularity = config.weights
-    inputs = mod.weight[0].numel()
+    inputs = _weight(mod)[0].numel()
     if granularity == "per_group" and inputs % config.group_size:
         granularity = "per_channel"
     spec = WeightSpec(config.bits, granularity, config.group_size, config.symmetric)
@@ -127,7 +129,7 @@ def _quantize_layer(
     alpha: float,
 ) -> dict[str, Any]:
     spec, activations = layer_spec(mod, config)
-    weight, hessian = mod.weight.detach(), cal.hessians.get(name)
+    weight, hessian = _weight(mod).detach(), cal.hessians.get(name)
     smooth = cal.absmax.get(name) if alpha > 0 else None
     qmod = swap(model, name, mod, spec, activations, smooth is not None)
     if smooth is not None:
@@ -160,6 +162,12 @@ def swap(
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, qmod)
     return qmod
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
+    weight = mod.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def _params(mod: nn.Module, spec: WeightSpec, activations: str | None) -> dict[str, Any]:

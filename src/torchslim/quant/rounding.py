@@ -27,7 +27,9 @@ def nearest(qmod: QuantModule, w: torch.Tensor, hessian: torch.Tensor | None) ->
 
 
 @ROUNDING.register("gptq")
-def gptq(qmod: QuantModule, w: torch.Tensor, hessian: torch.Tensor | None, damp: float = 0.01) -> None:
+def gptq(
+    qmod: QuantModule, w: torch.Tensor, hessian: torch.Tensor | None, damp: float = 0.01, block: int = 128
+) -> None:
     if hessian is None or w.dim() != 2:
         return nearest(qmod, w, None)  # no inputs seen (or not a Linear): plain rounding
     spec = qmod.spec
@@ -39,12 +41,17 @@ def gptq(qmod: QuantModule, w: torch.Tensor, hessian: torch.Tensor | None, damp:
     hinv = _inverse_hessian_factor(hessian.double(), damp).float()
     work = w.detach().float().clone()
     q = torch.empty(rows, cols, dtype=torch.int32)
-    for i in range(cols):
-        col = work[:, i]
-        qi = torch.clamp(torch.round(col / s[:, i]) + z[:, i], spec.qmin, spec.qmax)
-        q[:, i] = qi.to(torch.int32)
-        err = (col - (qi - z[:, i]) * s[:, i]) / hinv[i, i]
-        work[:, i + 1 :] -= err.unsqueeze(1) * hinv[i, i + 1 :].unsqueeze(0)
+    for start in range(0, cols, block):  # lazy batch updates: errors reach later blocks in one matmul
+        end = min(start + block, cols)
+        errs = torch.empty(rows, end - start)
+        for i in range(start, end):
+            col = work[:, i]
+            qi = torch.clamp(torch.round(col / s[:, i]) + z[:, i], spec.qmin, spec.qmax)
+            q[:, i] = qi.to(torch.int32)
+            err = (col - (qi - z[:, i]) * s[:, i]) / hinv[i, i]
+            work[:, i + 1 : end] -= err.unsqueeze(1) * hinv[i, i + 1 : end].unsqueeze(0)
+            errs[:, i - start] = err
+        work[:, end:] -= errs @ hinv[start:end, end:]
     qmod.set_integers(q, scale, zero)
 
 

@@ -29,11 +29,13 @@ class QuantizeSpec(StageSpec):
     """null: weight-only; dynamic: per batch at run time; static: ranges from calibration."""
     calibration: CalibrationSpec = CalibrationSpec()
     kind: Literal["int", "codebook"] = "int"
-    include: list[str] = []
-    exclude: list[str] = []
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     """Globs of layers kept in float (e.g. the first and last layers)."""
     rounding: Literal["nearest", "gptq"] = "nearest"
     """`gptq`: error-compensating weight rounding for Linear layers (uses calibration data)."""
+    smoothing: float = Field(0.0, ge=0.0, le=1.0)
+    """SmoothQuant alpha for Linear layers (0: off); uses calibration data."""
     runtime: Literal["torch", "torch.compile", "onnxruntime"] = "torch"
     """Where this and later stages' latency is measured; the baseline is re-timed there too."""
 
@@ -54,9 +56,9 @@ class QuantizeSpec(StageSpec):
 @register_stage("quantize", QuantizeSpec)
 def quantize(ctx: Any, spec: QuantizeSpec) -> None:
     config = spec.config()
-    needs_data = config.activations == "static" or spec.rounding == "gptq"
+    needs_data = config.activations == "static" or spec.rounding == "gptq" or spec.smoothing > 0
     data = ctx.task.calibration_loader(batches=spec.calibration.batches) if needs_data else None
-    result = quantize_(ctx.model, config, data, rounding=spec.rounding)
+    result = quantize_(ctx.model, config, data, rounding=spec.rounding, smoothing=spec.smoothing)
     ctx.note(**result.notes())
     if spec.runtime != ctx.runtime:
         ctx.runtime = spec.runtime
