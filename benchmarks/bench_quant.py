@@ -107,7 +107,7 @@ def _torchao_peer(table: Table, task: Any, x: Any, ref: torch.Tensor, fp_torch: 
     quantize_(m, Int8DynamicActivationInt8WeightConfig())
     with torch.no_grad():
         out = m(*x)
-    lat = ts.metrics.RUNTIMES.get("torch.compile")(m, x)
+    lat = ts.metrics.latency(m, x, "torch.compile")
     table.rows.append(
         ["minilm", "peer: torchao int8 dynamic", "torch.compile", _cos(out, ref), None, lat, fp_torch / lat]
     )

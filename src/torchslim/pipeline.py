@@ -24,7 +24,7 @@ from torchslim import atomic, io, zoo
 from torchslim.atomic import replace_dir
 from torchslim.distill import distributed
 from torchslim.errors import UserError
-from torchslim.metrics import layer_table, measure
+from torchslim.metrics import layer_table, measure, paired_latency
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
 from torchslim.zoo.base import Task
@@ -155,7 +155,9 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
         reporter.measured(row)
         if index == 0:
             ctx.teacher = copy.deepcopy(ctx.model)
-    final_dir = work / "stages" / f"{len(steps) - 1:02d}-{steps[-1][0]}"
+    stage_dirs = [work / "stages" / f"{i:02d}-{name}" for i, (name, _) in enumerate(steps)]
+    _paired_timing(rows, stage_dirs, task.example_inputs)
+    final_dir = stage_dirs[-1]
     shutil.rmtree(work / "model", ignore_errors=True)
     shutil.copytree(final_dir, work / "model", copy_function=_link_or_copy)
     if "onnx" in recipe.output.formats:
@@ -189,10 +191,29 @@ def _run_stage(
         STAGES.get(name).run(ctx, spec)
     seconds = time.perf_counter() - started
     ctx.model, row = _checkpoint(ctx.model, ctx.task, stage_dir, ctx.runtime)
-    row = {"name": name, **row, "seconds": round(seconds, 2), **ctx.notes}
-    if "baseline_latency_ms_same_runtime" in row:  # like-with-like speedup when the runtime changed
-        row["speedup_same_runtime"] = round(row["baseline_latency_ms_same_runtime"] / row["latency_ms"], 3)
-    return row
+    return {"name": name, **row, "seconds": round(seconds, 2), **ctx.notes}
+
+
+def _paired_timing(rows: list[dict[str, Any]], stage_dirs: list[Path], example_inputs: Any) -> None:
+    """Re-time every stage's saved model round-robin in one pass, so latencies compare fairly.
+
+    Timings taken minutes apart on a shared machine differ by more than many speedups; taken
+    interleaved, a slow spell hits every model alike. A stage timed in another runtime than the
+    baseline gets the baseline timed in that runtime too (`speedup_same_runtime`).
+    """
+    models = [io.load(d) for d in stage_dirs]
+    other = sorted({r["runtime"] for r in rows} - {rows[0]["runtime"]})
+    entries = [(m, r["runtime"]) for m, r in zip(models, rows, strict=True)] + [
+        (models[0], rt) for rt in other
+    ]
+    times = paired_latency(entries, example_inputs)
+    for row, ms in zip(rows, times, strict=False):
+        row["latency_ms"] = round(ms, 4)
+    baseline_in = dict(zip(other, times[len(rows) :], strict=True))
+    for row in rows[1:]:
+        if row["runtime"] in baseline_in:
+            row["baseline_latency_ms_same_runtime"] = round(baseline_in[row["runtime"]], 4)
+            row["speedup_same_runtime"] = round(baseline_in[row["runtime"]] / row["latency_ms"], 3)
 
 
 def _checkpoint(

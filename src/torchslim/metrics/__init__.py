@@ -12,7 +12,7 @@ from torchslim.metrics.accuracy import top1_accuracy
 from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.layers import layer_table
 from torchslim.metrics.macs import count_macs
-from torchslim.metrics.runtimes import RUNTIMES
+from torchslim.metrics.runtimes import RUNTIMES, latency, paired_latency
 from torchslim.metrics.size import nonzero_params, param_count, saved_size
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def measure(
     `size_bytes` skips writing the model again when the caller already knows its saved size.
     `runtime` names where latency is measured (see `torchslim.metrics.runtimes.RUNTIMES`).
     """
-    latency = RUNTIMES.get(runtime)
+    RUNTIMES.get(runtime)  # an unknown runtime fails before any work
     if task is not None:
         metric: float | None = task.evaluate(model)
     elif data is not None:
@@ -64,15 +64,20 @@ def measure(
         nonzero_params=nonzero_params(model),
         macs=count_macs(model, example_inputs),
         size_bytes=saved_size(model) if size_bytes is None else size_bytes,
-        latency_ms=round(
-            measure_latency(model, example_inputs, repeats=repeats)
-            if runtime == "torch"
-            else latency(model, example_inputs),
-            4,
-        ),
+        latency_ms=round(latency(model, example_inputs, runtime, repeats=repeats), 4),
         runtime=runtime,
         accuracy=metric,
     )
 
 
-__all__ = ["RUNTIMES", "Measurement", "count_macs", "layer_table", "measure", "measure_latency", "saved_size"]
+__all__ = [
+    "RUNTIMES",
+    "Measurement",
+    "count_macs",
+    "latency",
+    "layer_table",
+    "measure",
+    "measure_latency",
+    "paired_latency",
+    "saved_size",
+]

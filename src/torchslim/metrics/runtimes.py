@@ -1,13 +1,17 @@
 """Runtimes that latency is measured in, by name: `torch` (eager), `torch.compile`, `onnxruntime`.
 
-Each is `fn(model, example_inputs) -> median ms` of the whole example batch on one thread, so a
-report row can say which runtime its latency belongs to and speedups compare like with like.
+A runtime prepares a model into a zero-argument runner (one forward pass of the whole example
+batch); timing is the same for all. `paired_latency` times several models round-robin in one
+process, so a slow spell of this shared machine hits all of them alike and their ratios hold.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,20 +19,34 @@ import torch
 import torch.nn as nn
 
 from torchslim.data import as_tuple, call
-from torchslim.metrics.latency import measure_latency, threads, time_fn
+from torchslim.metrics.latency import threads, time_fn
 from torchslim.registry import Registry
 
-LatencyFn = Callable[[nn.Module, Any], float]
-RUNTIMES: Registry[LatencyFn] = Registry("runtime")
-RUNTIMES.register("torch", measure_latency)
+Runner = Callable[[], Any]
+Prepare = Callable[[nn.Module, Any, ExitStack], Runner]
+RUNTIMES: Registry[Prepare] = Registry("runtime")
+
+
+@RUNTIMES.register("torch")
+def _torch(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Runner:
+    return lambda: call(model, example_inputs)
 
 
 @RUNTIMES.register("torch.compile")
-def compiled_latency(model: nn.Module, example_inputs: Any) -> float:
-    model.eval()
-    with threads(1), torch.inference_mode():
-        compiled = cast(nn.Module, torch.compile(model))
-        return time_fn(lambda: call(compiled, example_inputs), warmup=3, repeats=20)
+def _compiled(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Runner:
+    compiled = cast(nn.Module, torch.compile(model))
+    return lambda: call(compiled, example_inputs)
+
+
+@RUNTIMES.register("onnxruntime")
+def _onnxruntime(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Runner:
+    """Export to a temporary ONNX file (quantized layers become QDQ / integer ops) and run it."""
+    from torchslim.export import export_onnx
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torchslim-ort-")))
+    session = ort_session(export_onnx(model, example_inputs, tmp / "model.onnx"))
+    feed = ort_feed(session, example_inputs)
+    return lambda: session.run(None, feed)
 
 
 def ort_session(path: str | Path) -> Any:
@@ -47,16 +65,40 @@ def ort_feed(session: Any, example_inputs: Any) -> dict[str, Any]:
 
 
 def time_onnx(path: str | Path, example_inputs: Any) -> float:
+    """Median ms of an ONNX file in onnxruntime on one thread."""
     session = ort_session(path)
     feed = ort_feed(session, example_inputs)
-    return time_fn(lambda: session.run(None, feed), warmup=3, repeats=20)
+    with threads(1):
+        return time_fn(lambda: session.run(None, feed), warmup=3, repeats=20)
 
 
-@RUNTIMES.register("onnxruntime")
-def onnxruntime_latency(model: nn.Module, example_inputs: Any) -> float:
-    """Export to a temporary ONNX file (quantized layers become QDQ / integer ops) and time it."""
-    from torchslim.export import export_onnx
+def latency(model: nn.Module, example_inputs: Any, runtime: str = "torch", *, repeats: int = 20) -> float:
+    """Median ms of one forward pass of the batch in `runtime`, eval mode, no grad, one thread."""
+    return paired_latency([(model, runtime)], example_inputs, rounds=repeats)[0]
 
-    with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
-        path = export_onnx(model, example_inputs, Path(tmp) / "model.onnx")
-        return time_onnx(path, example_inputs)
+
+def paired_latency(
+    entries: Sequence[tuple[nn.Module, str]], example_inputs: Any, *, rounds: int = 20, warmup: int = 3
+) -> list[float]:
+    """Median ms of each `(model, runtime)`, timed round-robin: one call of each per round."""
+    prepare = [RUNTIMES.get(runtime) for _, runtime in entries]  # unknown names fail before any work
+    modes = [model.training for model, _ in entries]
+    samples: list[list[float]] = [[] for _ in entries]
+    try:
+        with ExitStack() as stack, threads(1), torch.inference_mode():
+            runners = []
+            for (model, _), make in zip(entries, prepare, strict=True):
+                model.eval()
+                runners.append(make(model, example_inputs, stack))
+            for run in runners:
+                for _ in range(warmup):
+                    run()
+            for _ in range(rounds):
+                for run, out in zip(runners, samples, strict=True):
+                    start = time.perf_counter()
+                    run()
+                    out.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        for (model, _), mode in zip(entries, modes, strict=True):
+            model.train(mode)
+    return [statistics.median(s) for s in samples]
