@@ -176,3 +176,14 @@ def test_loading_never_unpickles(saved: Path, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(torch, "load", refuse)
     ts.load(saved)
+
+
+def test_sparse_quantized_tensors_are_entropy_coded_and_restored_exactly() -> None:
+    torch.manual_seed(0)
+    mask = torch.rand(500, 800) < 0.08
+    q = (torch.randint(-7, 8, (500, 800)) * mask).to(torch.int8)
+    stored, encodings = io.encode_state({"w": q, "dense": torch.randn(10, 10)})
+    assert "zstd" in encodings["w"]
+    assert sum(t.numel() * t.element_size() for t in stored.values()) < q.numel() * 0.15
+    decoded = io.decode_state(stored, encodings)
+    assert torch.equal(decoded["w"], q) and decoded["w"].dtype == torch.int8

@@ -27,6 +27,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from torchslim import entropy
 from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
 from torchslim.registry import Registry
@@ -124,7 +125,9 @@ def resolve_factory(target: str) -> Callable[..., Any]:
 
 # -- codecs ---------------------------------------------------------------------------------------
 def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Each tensor in its smallest registered encoding; shared tensors stored once, as aliases."""
+    """Each tensor in its smallest registered encoding, its parts entropy-coded where that pays;
+    shared tensors stored once, as aliases. Returns the stored tensors and the per-tensor metadata
+    (tensors absent from it are stored as they are)."""
     stored: dict[str, torch.Tensor] = {}
     encodings: dict[str, Any] = {}
     seen: dict[tuple[Any, ...], str] = {}
@@ -140,27 +143,39 @@ def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
             encodings[name] = {"codec": "alias", "of": seen[key]}
             continue
         seen[key] = name
-        best: tuple[dict[str, torch.Tensor], dict[str, Any]] = (
-            {name: tensor.contiguous()},
-            {"codec": "dense"},
-        )
-        for codec_name in CODECS:
-            out = CODECS.get(codec_name).encode(name, tensor)
-            if out is not None and _nbytes(out[0]) < _nbytes(best[0]):
-                best = (out[0], {"codec": codec_name, **out[1], "parts": sorted(out[0])})
-        stored.update(best[0])
-        if best[1]["codec"] != "dense":
-            encodings[name] = best[1]
+        parts, meta = _smallest_encoding(name, tensor)
+        for part, value in parts.items():
+            packed = entropy.compress(value)
+            if packed is not None:
+                parts[part] = packed[0]
+                meta.setdefault("zstd", {})[part] = packed[1]
+        stored.update(parts)
+        if meta != {"codec": "dense"}:
+            encodings[name] = {**meta, "parts": sorted(parts)}
     return stored, encodings
 
 
+def _smallest_encoding(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    best: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({name: tensor.contiguous()}, {"codec": "dense"})
+    for codec_name in CODECS:
+        out = CODECS.get(codec_name).encode(name, tensor)
+        if out is not None and _nbytes(out[0]) < _nbytes(best[0]):
+            best = (dict(out[0]), {"codec": codec_name, **out[1]})
+    return best
+
+
 def decode_state(stored: dict[str, torch.Tensor], encodings: dict[str, Any]) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in stored.items() if not any(k in e.get("parts", ()) for e in encodings.values())}
+    encoded = {part for meta in encodings.values() for part in meta.get("parts", ())}
+    state = {k: v for k, v in stored.items() if k not in encoded}
     for name, meta in encodings.items():
         if meta["codec"] == "alias":
             continue
         parts = {p: _stored(stored, p, name) for p in meta["parts"]}
-        state[name] = CODECS.get(meta["codec"]).decode(parts, meta)
+        for part, info in meta.get("zstd", {}).items():
+            parts[part] = entropy.decompress(parts[part], info)
+        state[name] = (
+            parts[name] if meta["codec"] == "dense" else CODECS.get(meta["codec"]).decode(parts, meta)
+        )
     for name, meta in encodings.items():
         if meta["codec"] == "alias":
             state[name] = _stored(state, meta["of"], name)

@@ -1,0 +1,98 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchslim as ts
+from torchslim import io
+from torchslim.prune.codecs import PackedBits, SparseBitmask, SparseIndex
+from torchslim.prune.masks import iter_masks
+
+
+def _sparse(shape: tuple[int, ...], sparsity: float, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen)
+    return (t * (torch.rand(shape, generator=gen) >= sparsity)).to(dtype)
+
+
+@pytest.mark.parametrize("codec", [SparseBitmask(), SparseIndex()])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.999])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_sparse_float_codecs_round_trip_exactly(codec, sparsity, dtype) -> None:
+    t = _sparse((64, 33), sparsity, dtype)
+    out = codec.encode("w", t)
+    assert out is not None
+    decoded = codec.decode(*out)
+    assert decoded.dtype == dtype and decoded.shape == t.shape and torch.equal(decoded, t)
+
+
+def test_codecs_decline_when_they_do_not_pay() -> None:
+    assert SparseIndex().encode("w", _sparse((64, 33), 0.3, torch.float16)) is None  # 3 bytes per nonzero > 2
+    assert SparseBitmask().encode("w", torch.randn(64, 33)) is None
+    assert SparseBitmask().encode("w", torch.zeros(3)) is None  # too small to matter
+
+
+@pytest.mark.parametrize("fill", [0.02, 0.5, 0.98])
+def test_bool_codecs_round_trip_exactly(fill) -> None:
+    mask = torch.rand(50, 40, generator=torch.Generator().manual_seed(1)) < fill
+    for codec in (PackedBits(), SparseIndex()):
+        out = codec.encode("m", mask)
+        if out is not None:
+            assert torch.equal(codec.decode(*out), mask)
+    assert PackedBits().encode("m", mask)[0]["m::bits"].numel() == 250  # 2000 bits
+
+
+def test_index_codes_escape_long_gaps_and_pick_the_narrower_type() -> None:
+    t = torch.zeros(300_000)
+    t[[0, 70_000, 70_001, 299_999]] = torch.tensor([1.0, -2.0, 3.0, 4.0])
+    stored, meta = SparseIndex().encode("w", t)
+    assert torch.equal(SparseIndex().decode(stored, meta), t)
+    assert meta["limit"] == 65535 and stored["w::index"].dtype == torch.uint16
+    dense_gaps = _sparse((10_000,), 0.9)
+    stored, meta = SparseIndex().encode("w", dense_gaps)
+    assert meta["limit"] == 255 and stored["w::index"].dtype == torch.uint8
+    assert torch.equal(SparseIndex().decode(stored, meta), dense_gaps)
+
+
+def test_encode_state_picks_the_smallest_codec() -> None:
+    state = {"half": _sparse((100, 100), 0.5), "most": _sparse((100, 100), 0.97), "dense": torch.randn(100, 100),
+             "mask": torch.rand(100, 100) < 0.5}
+    stored, encodings = io.encode_state(state)
+    assert encodings["half"]["codec"] == "sparse_bitmask"
+    assert encodings["most"]["codec"] == "sparse_index"
+    assert encodings.get("dense", {"codec": "dense"})["codec"] == "dense"  # at most entropy-coded
+    assert encodings["mask"]["codec"] == "packed_bits"
+    decoded = io.decode_state(stored, encodings)
+    assert all(torch.equal(decoded[k], v) for k, v in state.items())
+
+
+def _lenet_task_model(lenet, sparsity: float):
+    io.set_source(lenet, "zoo", name="lenet5-digits")
+    if sparsity:
+        ts.prune_(lenet, ts.SparsityConfig(sparsity=sparsity))
+    return lenet
+
+
+def test_pruned_lenet_round_trips_with_identical_outputs_and_masks(tmp_path: Path, lenet) -> None:
+    model = _lenet_task_model(lenet, 0.9)
+    ts.save(model, tmp_path / "m")
+    loaded = ts.load(tmp_path / "m")
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+    masks = {n: m.mask for n, _, _, m in iter_masks(model)}
+    assert {n: m.mask for n, _, _, m in iter_masks(loaded)}.keys() == masks.keys()
+    assert all(torch.equal(m.mask, masks[n]) for n, _, _, m in iter_masks(loaded))
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["encodings"]["fc1.parametrizations.weight.0.mask"]["codec"] in ("sparse_index", "packed_bits")
+
+
+def test_saved_size_falls_with_sparsity_and_meets_the_target_at_90(lenet) -> None:
+    dense = io.saved_size(_lenet_task_model(lenet, 0.0))
+    sizes = []
+    for s in (0.5, 0.8, 0.9, 0.95):
+        torch.manual_seed(0)
+        sizes.append(io.saved_size(_lenet_task_model(type(lenet)(), s)))
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[2] <= 0.2 * dense  # 90% sparsity: at most a fifth of the dense fp32 file
+    assert sizes[0] < 0.62 * dense
