@@ -163,9 +163,28 @@ class QuantConfig(BaseConfig):
     """Globs of module names to quantize (empty: all Linear/Conv layers)."""
     exclude: tuple[str, ...] = ()
     """Globs of module names kept in float."""
+    size_target: float | None = None
+    """Mixed precision: per-layer bit widths from `bit_choices`, picked by measured sensitivity (loss
+    increase on calibration data when only that layer is quantized) so that the selected layers'
+    weights take at most this fraction of their fp32 size (0.125 = 4 bits on average); `bits` is then
+    unused. None: every layer gets `bits`."""
+    bit_choices: tuple[int, ...] = (8, 6, 4, 3, 2)
+    """Widths mixed precision may pick from; 32 lets it keep a sensitive layer in float."""
 
     def __post_init__(self) -> None:
         _check(2 <= self.bits <= 8, "QuantConfig", "bits", f"must be in 2..8, got {self.bits}")
+        _check(
+            self.size_target is None or 0 < self.size_target <= 1,
+            "QuantConfig",
+            "size_target",
+            f"must be in (0, 1], got {self.size_target}",
+        )
+        _check(
+            bool(self.bit_choices) and all(b == 32 or 2 <= b <= 8 for b in self.bit_choices),
+            "QuantConfig",
+            "bit_choices",
+            f"must be widths in 2..8 (or 32 for float), got {list(self.bit_choices)}",
+        )
         _check(
             self.weights in ("per_tensor", "per_channel", "per_group"),
             "QuantConfig",

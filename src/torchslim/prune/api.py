@@ -108,9 +108,8 @@ def prune_unstructured(
         keep = select.by_threshold(scores, config.threshold)
     elif config.allocation == "auto":
         assert sparsity is not None and p.inputs.data is not None
-        sizes = {t.name: t.numel() for t in p.targets}
-        curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity))
-        keep = select.by_counts(scores, exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity))
+        counts, curves = auto_counts(model, p, scores, sparsity)
+        keep = select.by_counts(scores, counts)
     elif config.scope == "global":
         keep = select.by_global(scores, sparsity or 0.0, cap=max_layer_sparsity(sparsity or 0.0))
     else:
@@ -119,18 +118,39 @@ def prune_unstructured(
     return report(p.targets, curves)
 
 
+AUTO_ROUNDS = 2
+
+
+def auto_counts(
+    model: nn.Module, p: Plan, scores: dict[str, torch.Tensor], sparsity: float
+) -> tuple[dict[str, int], dict[str, list[tuple[float, float]]]]:
+    """Pruned count per layer from sensitivity, refined around the operating point.
+
+    Round 1 scans each layer with the others pruned as a global ranking would; later rounds scan
+    with the others at the previous allocation. Interactions between layers thus enter the curves.
+    """
+    assert p.inputs.data is not None
+    sizes = {t.name: t.numel() for t in p.targets}
+    background = select.by_global(scores, sparsity, cap=max_layer_sparsity(sparsity))
+    curves: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+    for _ in range(AUTO_ROUNDS):
+        curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity), background)
+        counts = exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity)
+        background = select.by_counts(scores, counts)
+    return counts, curves
+
+
 def auto_layer_sparsity(
     model: nn.Module, config: SparsityConfig, *, data: Iterable[Any] | None, loss: LossFn | None = None, seed: int = 0
 ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
     """The per-layer sparsity `allocation="auto"` would choose (and the scan behind it), without pruning."""
     p = plan(model, config.replace(allocation="auto"), data, loss, seed)
     sparsity = target_sparsity(config)
-    assert sparsity is not None and p.inputs.data is not None
+    assert sparsity is not None
     scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
-    sizes = {t.name: t.numel() for t in p.targets}
-    curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity))
-    counts = exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity)
-    return {n: counts[n] / sizes[n] for n in sizes}, curves
+    counts, curves = auto_counts(model, p, scores, sparsity)
+    return {t.name: counts[t.name] / t.numel() for t in p.targets}, curves
 
 
 def apply_masks(model: nn.Module, targets: list[Target], keep: dict[str, torch.Tensor], soft: bool) -> None:

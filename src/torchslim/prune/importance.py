@@ -127,49 +127,54 @@ def entropy(inp: ImportanceInput) -> Scores:
     """Information-based: the entropy power of the term w*x that a weight adds to its output.
 
     Estimator. For every input feature x_j (a Linear input column, a conv input channel over all
-    positions) we gather samples over the calibration batches and estimate its differential entropy
-    H_j with the histogram plug-in estimator H = -sum p_k log p_k + log(bin width), using
-    min(128, sqrt(n)) equal bins over the observed range. Its entropy power N_j = exp(2 H_j) / (2 pi e)
-    is the variance of a Gaussian carrying the same information. The score is w^2 * N_j.
+    positions) we gather samples over the calibration batches. A feature is split into its atom (its
+    most frequent exact value, e.g. the zeros of a ReLU), taken with probability p_j, and its
+    continuous rest. The rest's differential entropy h_j is the histogram plug-in estimate
+    -sum p_k log p_k + log(bin width) with 16 equal bins over its range (a 4-bit view of the feature:
+    coarse bins keep the estimate stable from a few batches and measure information at a resolution
+    networks compute with). Its entropy power is N_j = (1 - p_j) exp(2 h_j) / (2 pi e); the atom is
+    a constant and carries none. The score is w^2 * N_j, divided by the layer's mean per-output sum
+    of these terms so that `scope="global"` compares layers in like units.
 
-    Why it is sound. Entropy power scales as N(w x) = w^2 N(x), so the score is exactly the entropy
-    power of the weight's contribution to its output. By the entropy power inequality the output
-    y = sum_j w_j x_j (+ independent terms) has N(y) >= sum_j N(w_j x_j): each term's entropy power is
-    the information the output is guaranteed to receive from it, so pruning the terms with the least
-    removes the least information. Unlike variance, N is small for inputs that are nearly constant or
-    concentrated on a few values (a dead ReLU, a saturated unit), which carry little information even
-    when their variance is not small; for Gaussian inputs it reduces to w^2 Var(x). The plug-in
-    estimator is consistent as n -> inf with bins -> inf and n / bins -> inf (the sqrt rule), and
-    every feature of a layer sees the same samples and bin count, so the ranking inside a layer is
-    not biased between features.
+    Why it is sound. Entropy power is the variance of the Gaussian with the same entropy and scales
+    as N(w x) = w^2 N(x), so w^2 N_j is the entropy power of the weight's contribution. By the
+    entropy power inequality, an output y = sum_j w_j x_j (+ independent terms) has
+    N(y) >= sum_j N(w_j x_j): each term's entropy power is information the output is guaranteed to
+    receive from it, so pruning the smallest terms removes the least information. Unlike variance,
+    N is small for inputs that are nearly constant or concentrated on a few values (a dead or rarely
+    active unit, a saturated one); for Gaussian inputs it equals w^2 Var(x). Treating the atom
+    separately keeps a ReLU feature that is often zero but informative when active from being judged
+    by its zeros alone (a plain histogram would see a near-point mass and call it information-free).
     Layers whose inputs cannot be observed (Embedding, RNN weights, an attention out_proj that its
-    parent calls functionally) get N_j = 1, i.e. plain magnitude.
+    parent calls functionally) get N_j = 1, i.e. magnitude.
     """
     assert inp.data is not None
     samples = collect_inputs(inp.model, inp.targets, inp.data)
     out = {}
     for t in inp.targets:
         w = inp.weight(t).float()
+        score = w.square()
         if t.name in samples and t.kind.spread is not None:
-            power = entropy_power(samples[t.name])
-            out[t.name] = w.square() * t.kind.spread(t.module, t.param, power)
-        else:
-            out[t.name] = w.square()
+            score = score * t.kind.spread(t.module, t.param, entropy_power(samples[t.name]))
+        out[t.name] = score / score.flatten(1).sum(1).mean().clamp_min(1e-30)
     return out
 
 
-def entropy_power(x: torch.Tensor, max_bins: int = 128) -> torch.Tensor:
-    """Histogram estimate of exp(2H)/(2 pi e) for each column of `x` [samples, features]; 0 if constant."""
+def entropy_power(x: torch.Tensor, bins: int = 16) -> torch.Tensor:
+    """(1 - p_atom) * exp(2 h_rest) / (2 pi e) per column of `x` [samples, features] (see `entropy`)."""
     n, features = x.shape
-    bins = int(min(max_bins, max(2, math.isqrt(n))))
-    lo, hi = x.min(0).values, x.max(0).values
-    width = (hi - lo) / bins
-    idx = ((x - lo) / width.clamp_min(1e-30)).long().clamp_(0, bins - 1)
-    counts = torch.zeros(features, bins).scatter_add_(1, idx.T.contiguous(), torch.ones(features, n))
-    p = counts / n
+    atom = x == x.mode(0).values
+    rest = (~atom).float().sum(0)
+    lo = torch.where(atom, torch.inf, x).min(0).values
+    hi = torch.where(atom, -torch.inf, x).max(0).values
+    width = ((hi - lo) / bins).nan_to_num(0.0).clamp_min(0.0)
+    idx = ((x - lo) / width.clamp_min(1e-30)).nan_to_num(0.0).clamp(0, bins - 1).long()
+    idx = torch.where(atom, bins, idx)  # atom samples go to a discarded extra bin
+    counts = torch.zeros(features, bins + 1).scatter_add_(1, idx.T.contiguous(), torch.ones(features, n))
+    p = counts[:, :bins] / rest.clamp_min(1.0)[:, None]
     h = -(p * p.clamp_min(1e-30).log()).sum(1) + width.clamp_min(1e-30).log()
-    power = torch.exp(2 * h) / (2 * math.pi * math.e)
-    return torch.where(width > 0, power, torch.zeros_like(power))
+    power = (rest / n) * torch.exp(2 * h) / (2 * math.pi * math.e)
+    return torch.where((width > 0) & (rest >= 2), power, torch.zeros_like(power))
 
 
 def collect_inputs(

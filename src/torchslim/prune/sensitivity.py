@@ -12,12 +12,13 @@ The cost c_l is a layer's parameter count (a sparsity budget) or its bytes (a si
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchslim.data import call, split
 from torchslim.prune.importance import LossFn
@@ -40,14 +41,41 @@ def grid_for(target: float) -> list[float]:
 
 
 def held_loss(model: nn.Module, data: Sequence[Any], loss: LossFn) -> float:
+    """Mean loss over `data` in eval mode, batch-norm statistics re-estimated on `data` first.
+
+    Pruning shifts every activation's statistics; judging a pruned network with the dense network's
+    running statistics measures the stale statistics more than the pruning (adaptive BN, Li et al. 2020).
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), recalibrated_norms(model, data):
             values = [float(loss(call(model, split(b)[0]), split(b)[1])) for b in data]
     finally:
         model.train(was_training)
     return sum(values) / max(len(values), 1)
+
+
+@contextmanager
+def recalibrated_norms(model: nn.Module, data: Sequence[Any]) -> Iterator[None]:
+    """Batch-norm running statistics re-estimated on `data` (cumulative average), restored on exit."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        if norms:
+            for batch in data:
+                call(model, split(batch)[0])
+        for m in norms:
+            m.eval()
+        yield
+    finally:
+        for m, (momentum, state) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.load_state_dict(state)
 
 
 @contextmanager
@@ -80,16 +108,24 @@ def scan(
     data: Sequence[Any],
     loss: LossFn,
     grid: Sequence[float],
+    background: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Curve]:
-    """`{layer: [(sparsity, held loss), ...]}` starting at (0, loss as the model stands)."""
-    base = held_loss(model, data, loss)
+    """`{layer: [(sparsity, held loss), ...]}`, from sparsity 0 of that layer.
+
+    With `background` (keep-masks), every other layer is pruned to its background mask while one
+    layer is scanned: the curves then describe each layer at the operating point, interactions included.
+    """
     curves: dict[str, Curve] = {}
     for t in targets:
-        curve = [(0.0, base)]
-        for s in grid:
-            keep = by_counts({t.name: scores[t.name]}, {t.name: round(s * t.numel())})[t.name]
-            with masked(t, keep):
-                curve.append((float(s), held_loss(model, data, loss)))
+        with ExitStack() as stack:
+            for other in targets:
+                if background is not None and other is not t:
+                    stack.enter_context(masked(other, background[other.name]))
+            curve = [(0.0, held_loss(model, data, loss))]
+            for s in grid:
+                keep = by_counts({t.name: scores[t.name]}, {t.name: round(s * t.numel())})[t.name]
+                with masked(t, keep):
+                    curve.append((float(s), held_loss(model, data, loss)))
         curves[t.name] = curve
     return curves
 
@@ -130,15 +166,20 @@ def allocate(curves: Mapping[str, Curve], costs: Mapping[str, float], target: fl
 
 
 def exact_counts(sparsity: Mapping[str, float], sizes: Mapping[str, int], target: float) -> dict[str, int]:
-    """Integer pruned counts per layer near `sparsity`, summing to exactly round(target * total)."""
+    """Integer pruned counts per layer near `sparsity`, summing to exactly round(target * total).
+
+    Largest remainders: counts start at floor(s * n); units are added where the remainder is largest
+    (or removed where it is smallest) until the total is met.
+    """
     want = round(target * sum(sizes.values()))
-    raw = {n: sparsity[n] * sizes[n] for n in sizes}
+    raw = {n: min(max(sparsity[n], 0.0), 1.0) * sizes[n] for n in sizes}
     counts = {n: int(np.floor(v)) for n, v in raw.items()}
     order = sorted(sizes, key=lambda n: raw[n] - counts[n], reverse=True)
-    i = 0
-    while sum(counts.values()) < want and i < 10 * len(order):
-        n = order[i % len(order)]
-        if counts[n] < sizes[n]:
-            counts[n] += 1
-        i += 1
+    for step, names in ((1, order), (-1, order[::-1])):
+        while (want - sum(counts.values())) * step > 0:
+            movable = [n for n in names if 0 <= counts[n] + step <= sizes[n]]
+            if not movable:
+                break
+            for n in movable[: abs(want - sum(counts.values()))]:
+                counts[n] += step
     return counts

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from torchslim.quant.api import quantize_
+from torchslim.quant.api import KINDS, quantize_
+from torchslim.quant.codebook import CodebookModule
 from torchslim.quant.observers import OBSERVERS
 from torchslim.quant.ptq import QuantResult
+from torchslim.quant.qat import FakeQuant, convert_
 from torchslim.quant.rounding import ROUNDING
 
-__all__ = ["OBSERVERS", "ROUNDING", "QuantResult", "quantize_"]
+__all__ = [
+    "KINDS",
+    "OBSERVERS",
+    "ROUNDING",
+    "CodebookModule",
+    "FakeQuant",
+    "QuantResult",
+    "convert_",
+    "quantize_",
+]

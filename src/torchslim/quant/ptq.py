@@ -31,27 +31,47 @@ class QuantResult:
 
     quantized: dict[str, dict[str, Any]] = field(default_factory=dict)
     kept_float: dict[str, str] = field(default_factory=dict)
+    bits: dict[str, int] = field(default_factory=dict)
+    """Mixed precision: the width chosen per layer (32: kept in float)."""
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Mixed precision: per layer, the measured loss increase at each width."""
 
     def notes(self) -> dict[str, Any]:
-        return {"quantized_layers": len(self.quantized), "kept_float": self.kept_float}
+        out = {"quantized_layers": len(self.quantized), "kept_float": self.kept_float}
+        return out | ({"bits": self.bits, "sensitivity": self.sensitivity} if self.bits else {})
 
 
 def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize)."""
     chosen: dict[str, nn.Module] = {}
     kept: dict[str, str] = {}
+    wrapped: list[str] = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, WEIGHTED) or isinstance(mod, QuantModule):
+        if getattr(mod, "quantized_layer", False) or isinstance(mod, QuantModule):
+            wrapped.append(name + ".")  # already quantized (or fake-quantized): leave it and its insides
+            continue
+        if not isinstance(mod, WEIGHTED) or any(name.startswith(w) for w in wrapped):
             continue
         if not is_selected(name, config.include, config.exclude):
             kept[name] = "excluded by glob"
-        elif type(mod).__name__ not in HANDLERS:
+        elif handler_name(mod) is None:
             kept[name] = f"{type(mod).__name__} cannot be quantized yet (skipped)"
         elif _unsupported(mod):
             kept[name] = f"{type(mod).__name__} with {_unsupported(mod)} cannot be quantized yet (skipped)"
         else:
             chosen[name] = mod
     return chosen, kept
+
+
+def handler_name(mod: nn.Module) -> str | None:
+    """The registered float type `mod` is (pruning's parametrize makes a subclass `ParametrizedLinear`)."""
+    return next((c.__name__ for c in type(mod).__mro__ if c.__name__ in HANDLERS), None)
+
+
+def unwrap(mod: nn.Module) -> nn.Module:
+    """The float layer inside a fake-quant wrapper (QAT), else `mod` itself."""
+    inner = getattr(mod, "layer", None) if getattr(mod, "wraps_layer", False) else None
+    return inner if isinstance(inner, nn.Module) else mod
 
 
 def _unsupported(mod: nn.Module) -> str | None:
@@ -62,13 +82,13 @@ def _unsupported(mod: nn.Module) -> str | None:
     return None
 
 
-def layer_spec(mod: nn.Module, config: QuantConfig) -> tuple[WeightSpec, str | None]:
+def layer_spec(mod: nn.Module, config: QuantConfig, bits: int | None = None) -> tuple[WeightSpec, str | None]:
     """Spec for one layer; per_group falls back to per_channel when the inputs do not divide evenly."""
     granularity = config.weights
     inputs = _weight(mod)[0].numel()
     if granularity == "per_group" and inputs % config.group_size:
         granularity = "per_channel"
-    spec = WeightSpec(config.bits, granularity, config.group_size, config.symmetric)
+    spec = WeightSpec(bits or config.bits, granularity, config.group_size, config.symmetric)
     return spec, None if isinstance(mod, nn.Embedding) else config.activations
 
 
@@ -80,11 +100,13 @@ def quantize_(
     rounding: str = "nearest",
     smoothing: float = 0.0,
     calibration_batches: int | None = None,
+    layer_bits: dict[str, int] | None = None,
 ) -> QuantResult:
     """Quantize `model` in place. Static activations, GPTQ and SmoothQuant need calibration `data`.
 
     `smoothing` is SmoothQuant's alpha (0 disables; 0.5 is the paper's default) for Linear layers:
     activation outliers are divided out per input channel and folded into the weights.
+    `layer_bits` (mixed precision) overrides `config.bits` per layer name.
     """
     check_bits(config.bits)
     rounder = ROUNDING.get(rounding)
@@ -114,7 +136,8 @@ def quantize_(
         )
     result = QuantResult(kept_float=kept)
     for name, mod in layers.items():
-        result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing)
+        bits = (layer_bits or {}).get(name)
+        result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing, bits)
     io.add_transform(model, TRANSFORM, {"layers": result.quantized})
     return result
 
@@ -127,8 +150,9 @@ def _quantize_layer(
     cal: Calibration,
     rounder: Any,
     alpha: float,
+    bits: int | None = None,
 ) -> dict[str, Any]:
-    spec, activations = layer_spec(mod, config)
+    spec, activations = layer_spec(mod, config, bits)
     weight, hessian = _weight(mod).detach(), cal.hessians.get(name)
     smooth = cal.absmax.get(name) if alpha > 0 else None
     qmod = swap(model, name, mod, spec, activations, smooth is not None)
@@ -146,7 +170,7 @@ def _quantize_layer(
             if which == "in" and smooth is not None:  # observer saw x, layer quantizes x / s: a safe bound
                 lo, hi = lo / float(qmod.smooth.min()), hi / float(qmod.smooth.min())
             qmod.set_activation_range(which, lo, hi)
-    return {**_params(mod, spec, activations), "smooth": smooth is not None}
+    return {**layer_params(mod, spec, activations), "smooth": smooth is not None}
 
 
 def swap(
@@ -158,7 +182,8 @@ def swap(
     smooth: bool = False,
 ) -> QuantModule:
     extra = {"smooth": True} if smooth else {}
-    qmod = HANDLERS.get(type(mod).__name__)(mod, spec, activations, **extra)  # type: ignore[arg-type]
+    mod = unwrap(mod)
+    qmod = HANDLERS.get(handler_name(mod) or type(mod).__name__)(mod, spec, activations, **extra)  # type: ignore[arg-type]
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, qmod)
     return qmod
@@ -170,9 +195,9 @@ def _weight(mod: nn.Module) -> torch.Tensor:
     return weight
 
 
-def _params(mod: nn.Module, spec: WeightSpec, activations: str | None) -> dict[str, Any]:
+def layer_params(mod: nn.Module, spec: WeightSpec, activations: str | None) -> dict[str, Any]:
     return {
-        "type": type(mod).__name__,
+        "type": handler_name(mod),
         "bits": spec.bits,
         "granularity": spec.granularity,
         "group_size": spec.group_size,

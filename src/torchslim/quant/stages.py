@@ -1,13 +1,19 @@
-"""Recipe stage `quantize`: the QuantConfig fields, a `calibration` block, rounding and runtime."""
+"""Recipe stage `quantize`: the QuantConfig fields, a `calibration` block, rounding and runtime.
+
+Quantization-aware training takes two `quantize` stages around the training:
+`quantize: {bits: 4, qat: true}` inserts fake-quant layers, `finetune`/`distill` train through them,
+and `quantize: {convert: true}` stores them as integers (packed weights, ONNX integer ops).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from torchslim.config import QuantConfig
 from torchslim.quant.api import quantize_
+from torchslim.quant.qat import convert_
 from torchslim.recipe import StageSpec, register_stage
 
 
@@ -37,6 +43,25 @@ class QuantizeSpec(StageSpec):
     """SmoothQuant alpha for Linear layers (0: off); uses calibration data."""
     runtime: Literal["torch", "torch.compile", "onnxruntime"] = "torch"
     """Where this and later stages' latency is measured; the baseline is re-timed there too."""
+    qat: bool = False
+    """Insert fake-quant layers for the following training stages (kind int); convert them later."""
+    convert: bool = False
+    """Turn the fake-quant layers of an earlier `qat: true` stage into integer layers (takes no other key
+    than `runtime`: the grid was fixed when they were inserted)."""
+    size_target: float | None = Field(None, gt=0, le=1)
+    """Mixed precision: per-layer widths from `bit_choices` by measured sensitivity so the weights take at
+    most this fraction of their fp32 size (see `QuantConfig.size_target`)."""
+    bit_choices: tuple[int, ...] = (8, 6, 4, 3, 2)
+    """Widths mixed precision picks from; 32 keeps a sensitive layer in float."""
+
+    @model_validator(mode="after")
+    def _convert_alone(self) -> QuantizeSpec:
+        if self.convert and (self.model_fields_set - {"convert", "runtime"}):
+            extra = sorted(self.model_fields_set - {"convert", "runtime"})
+            raise ValueError(f"convert: true takes no other keys than runtime (got {extra})")
+        if self.qat and self.kind == "codebook":
+            raise ValueError("qat: codebook layers train their centroids directly; use qat with kind int")
+        return self
 
     def config(self) -> QuantConfig:
         return QuantConfig(
@@ -49,14 +74,22 @@ class QuantizeSpec(StageSpec):
             kind=self.kind,
             include=tuple(self.include),
             exclude=tuple(self.exclude),
+            size_target=self.size_target,
+            bit_choices=tuple(self.bit_choices),
         )
 
 
 @register_stage("quantize", QuantizeSpec)
 def quantize(ctx: Any, spec: QuantizeSpec) -> None:
-    config = spec.config()
-    needs_data = config.activations == "static" or spec.rounding == "gptq" or spec.smoothing > 0
-    data = ctx.task.calibration_loader(batches=spec.calibration.batches) if needs_data else None
-    result = quantize_(ctx.model, config, data, rounding=spec.rounding, smoothing=spec.smoothing)
-    ctx.note(**result.notes())
     ctx.runtime = spec.runtime  # the pipeline also times the baseline there, for a like-with-like speedup
+    if spec.convert:
+        ctx.note(**convert_(ctx.model).notes(), converted=True)
+        return
+    config = spec.config()
+    needs = (config.activations == "static", spec.rounding == "gptq", spec.smoothing > 0, spec.size_target)
+    data = ctx.task.calibration_loader(batches=spec.calibration.batches) if any(needs) else None
+    options: dict[str, Any] = {"qat": spec.qat, "loss": ctx.task.loss}
+    if config.kind == "int" and not spec.qat:
+        options.update(rounding=spec.rounding, smoothing=spec.smoothing)
+    result = quantize_(ctx.model, config, data, **options)
+    ctx.note(**result.notes(), **({"qat": "fake-quant inserted; convert after training"} if spec.qat else {}))

@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.errors import UserError
+from torchslim.prune.masks import get_mask, iter_masks
+
+LENET = {"conv1": 500, "conv2": 25_000, "fc1": 400_000, "fc2": 5000}
+
+
+def _zeros(model: nn.Module, layer: str) -> int:
+    return int((model.get_submodule(layer).weight == 0).sum())
+
+
+def test_layer_scope_prunes_exactly_the_sparsity_in_every_layer(lenet) -> None:
+    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9))
+    for layer, n in LENET.items():
+        assert _zeros(lenet, layer) == round(0.9 * n)
+    assert report.layer_sparsity == {k: round(round(0.9 * n) / n, 6) for k, n in LENET.items()}
+
+
+def test_global_scope_reaches_the_exact_total_with_unequal_layers(lenet) -> None:
+    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.8, scope="global"))
+    assert sum(_zeros(lenet, k) for k in LENET) == round(0.8 * sum(LENET.values()))
+    assert report.sparsity == pytest.approx(0.8, abs=1e-6)
+    assert report.layer_sparsity["conv1"] < 0.5 < 0.8 < report.layer_sparsity["fc1"]  # magnitude ranks across layers
+
+
+def test_global_scope_never_empties_a_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-4)  # globally the least important: a plain ranking would remove it all
+    report = ts.prune_(model, ts.SparsityConfig(sparsity=0.9, scope="global"))
+    assert report.layer_sparsity["1"] == pytest.approx(0.98, abs=1e-3)  # capped at 1 - (1 - 0.9) / 5
+    assert sum(_zeros(model, k) for k in ("0", "1")) == round(0.9 * 11_000)
+
+
+def test_threshold_prunes_every_weight_below_it(lenet) -> None:
+    before = lenet.fc1.weight.detach().clone()
+    ts.prune_(lenet, ts.SparsityConfig(threshold=0.02))
+    assert torch.equal(lenet.fc1.weight == 0, before.abs() < 0.02)
+    assert 0 < _zeros(lenet, "fc1") < 400_000
+
+
+def test_retain_keeps_that_fraction(lenet) -> None:
+    report = ts.prune_(lenet, ts.SparsityConfig(retain=0.9, scope="global"))
+    assert report.sparsity == pytest.approx(0.1, abs=1e-6)
+
+
+def test_include_and_exclude_leave_other_layers_dense(lenet) -> None:
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=["conv*"]))
+    assert [_zeros(lenet, k) for k in LENET] == [250, 12_500, 0, 0]
+    assert get_mask(lenet.fc1, "weight") is None
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, exclude=["fc2"]))
+    assert [_zeros(lenet, k) for k in LENET] == [350, 17_500, 280_000, 0]
+
+
+def test_re_pruning_never_revives_hard_pruned_weights(lenet) -> None:
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, importance="random"), seed=1)
+    first = lenet.fc1.weight == 0
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, importance="random"), seed=2)
+    second = lenet.fc1.weight == 0
+    assert bool((first & ~second).sum() == 0) and int(second.sum()) == 280_000
+    assert len(list(iter_masks(lenet))) == 4
+
+
+def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = model.state_dict()
+    return list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ts.SparsityConfig(sparsity=1.0), r"sparsity: must be in \[0, 1\)"),
+        (lambda: ts.SparsityConfig(sparsity=-0.1), r"sparsity: must be in \[0, 1\)"),
+        (lambda: ts.SparsityConfig(threshold=-1.0), "threshold: must be >= 0"),
+        (lambda: ts.SparsityConfig(sparsity=0.5, importance="magnitud"), r"did you mean 'magnitude'.*known: .*entropy"),
+        (lambda: ts.SparsityConfig(sparsity=0.5, include=["classifier"]), "'classifier' matches no prunable layer"),
+        (lambda: ts.SparsityConfig(sparsity=0.5, importance="taylor"), "importance 'taylor' needs calibration data"),
+        (lambda: ts.SparsityConfig(sparsity=0.5, importance="entropy"), "importance 'entropy' needs calibration data"),
+        (lambda: ts.SparsityConfig(sparsity=0.5, allocation="auto"), "allocation='auto' needs calibration data"),
+        (lambda: ts.SparsityConfig(threshold=0.1, allocation="auto"), "needs a sparsity or retain target"),
+    ],
+)
+def test_bad_input_is_a_user_error_before_any_weight_changes(lenet, make, message) -> None:
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    with pytest.raises(UserError, match=message):
+        ts.prune_(lenet, make())
+    assert _unchanged(lenet, before)
+
+
+def test_unknown_config_type_is_a_user_error(lenet) -> None:
+    with pytest.raises(UserError, match="unknown pruning config 'QuantConfig'"):
+        ts.prune_(lenet, ts.QuantConfig())
