@@ -73,9 +73,13 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
         )
     out_console = Console()
     out_console.print(table)
+    speedup = f"speedup {report['speedup']:.2f}x"
+    if not report["speedup_comparable"]:
+        first, last = report["stages"][0]["runtime"], report["stages"][-1]["runtime"]
+        same = report.get("speedup_same_runtime")
+        speedup += f" ({first} -> {last}" + (f"; {same:.2f}x both in {last})" if same else ")")
     out_console.print(
-        f"compression {report['compression_ratio']:.2f}x, speedup {report['speedup']:.2f}x; "
-        f"report: {out / 'report.html'}"
+        f"compression {report['compression_ratio']:.2f}x, {speedup}; report: {out / 'report.html'}"
     )
 
 

@@ -20,7 +20,14 @@ from typing import Any
 STAGE_FIELDS = ("name", "params", "nonzero_params", "macs", "size_bytes", "latency_ms", "runtime", "accuracy")
 REPORT_FIELDS = ("task", "metric", "stages", "compression_ratio", "speedup")
 LAYER_FIELDS = ("name", "type", "shape", "params", "nonzero", "sparsity", "macs", "bits")
-_DERIVED = ("speedup_comparable", "accuracy_delta", "torchslim_version", "created", "layers")
+_DERIVED = (
+    "speedup_comparable",
+    "speedup_same_runtime",
+    "accuracy_delta",
+    "torchslim_version",
+    "created",
+    "layers",
+)
 _MAX_LAYER_BARS = 80  # taller charts stop being readable; the table still lists every layer
 
 Check = tuple[Callable[[Any], bool], str]
@@ -107,6 +114,7 @@ def build_report(
         "compression_ratio": round(first["size_bytes"] / last["size_bytes"], 4),
         "speedup": round(first["latency_ms"] / last["latency_ms"], 4),
         "speedup_comparable": first["runtime"] == last["runtime"],
+        **({"speedup_same_runtime": last["speedup_same_runtime"]} if "speedup_same_runtime" in last else {}),
         "accuracy_delta": round(last["accuracy"] - first["accuracy"], 6),
         "torchslim_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -351,10 +359,17 @@ def _headline(report: dict) -> str:
         "</section>",
     ]
     if not comparable:
+        same = report.get("speedup_same_runtime")
+        like = (
+            f" Timed in {_esc(last['runtime'])} too, the baseline gives a like-with-like speedup of "
+            f"<strong>{same:.2f}×</strong>."
+            if same is not None
+            else ""
+        )
         out.append(
             '<p class="note warn"><strong>Speedup is not comparable.</strong> The baseline was timed on '
             f"{_esc(first['runtime'])} and the final model on {_esc(last['runtime'])}, so the ratio "
-            "mixes the effect of compression with the effect of changing runtime.</p>"
+            f"mixes the effect of compression with the effect of changing runtime.{like}</p>"
         )
     return "\n".join(out)
 
