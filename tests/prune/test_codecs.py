@@ -9,6 +9,8 @@ from torchslim import io
 from torchslim.prune.codecs import PackedBits, SparseBitmask, SparseIndex
 from torchslim.prune.masks import iter_masks
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _sparse(shape: tuple[int, ...], sparsity: float, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)

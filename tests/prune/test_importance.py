@@ -10,6 +10,8 @@ from torchslim.errors import UserError
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, collect_inputs, elementwise, entropy_power
 from torchslim.prune.targets import find_targets
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_entropy_power_of_known_distributions() -> None:
     gen = torch.Generator().manual_seed(0)

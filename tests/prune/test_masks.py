@@ -12,6 +12,8 @@ from torchslim.metrics import layer_table
 from torchslim.metrics.size import effective_weights, nonzero_params, param_count
 from torchslim.prune.masks import get_mask, harden, iter_masks, make_permanent, set_mask
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _half_mask(w: torch.Tensor) -> torch.Tensor:
     return torch.arange(w.numel()).view(w.shape) % 2 == 0

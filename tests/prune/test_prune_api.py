@@ -6,6 +6,8 @@ import torchslim as ts
 from torchslim.errors import UserError
 from torchslim.prune.masks import get_mask, iter_masks
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LENET = {"conv1": 500, "conv2": 25_000, "fc1": 400_000, "fc2": 5000}
 
 

@@ -8,6 +8,8 @@ from torchslim.errors import UserError
 from torchslim.prune.masks import get_mask
 from torchslim.prune.schedule import GradualPruner, cubic_sparsity, iterative_targets
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_cubic_schedule_values() -> None:
     assert cubic_sparsity(0.0, 0.9) == 0.0

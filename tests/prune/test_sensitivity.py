@@ -4,6 +4,8 @@ import torch
 import torchslim as ts
 from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, held_loss, max_layer_sparsity
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_allocation_puts_sparsity_where_loss_rises_least() -> None:
     curves = {

@@ -4,6 +4,8 @@ import torch.nn as nn
 from torchslim.errors import UserError
 from torchslim.prune.targets import LAYER_KINDS, find_targets, kind_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class Zoo(nn.Module):
     """One of every registered layer kind."""

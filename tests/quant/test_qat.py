@@ -53,6 +53,7 @@ def test_qat_4bit_recovers_more_than_ptq(tiny_task: Task) -> None:
     assert acc_ptq <= acc_fp - 0.03 and acc_qat >= acc_ptq + 0.04 and acc_qat >= acc_fp - 0.01
 
 
+@pytest.mark.slow
 def test_qat_2bit_beats_finetune_then_ptq(tiny_task: Task) -> None:
     """The gain is QAT's, not extra training's: the same training in float, then PTQ, does much worse."""
     config = ts.QuantConfig(bits=2)

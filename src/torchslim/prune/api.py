@@ -16,7 +16,7 @@ from torchslim.errors import UserError
 from torchslim.prune import select
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn
 from torchslim.prune.masks import record, set_mask
-from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, max_layer_sparsity, scan
+from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, joint_loss, max_layer_sparsity, scan
 from torchslim.prune.targets import Target, find_targets
 from torchslim.registry import Registry
 
@@ -118,27 +118,27 @@ def prune_unstructured(
     return report(p.targets, curves)
 
 
-AUTO_ROUNDS = 2
-
-
 def auto_counts(
     model: nn.Module, p: Plan, scores: dict[str, torch.Tensor], sparsity: float
 ) -> tuple[dict[str, int], dict[str, list[tuple[float, float]]]]:
-    """Pruned count per layer from sensitivity, refined around the operating point.
+    """Pruned count per layer from sensitivity; the candidate with the least measured joint loss wins.
 
-    Round 1 scans each layer with the others pruned as a global ranking would; later rounds scan
-    with the others at the previous allocation. Interactions between layers thus enter the curves.
+    Candidates: the criterion's own global ranking, and the allocations from two scans, one with the
+    other layers dense and one with them pruned as the global ranking would (so that interactions
+    between layers enter the curves). The additive model proposes; the held loss of the whole pruned
+    network, measured once per candidate, decides.
     """
-    assert p.inputs.data is not None
+    data, loss = p.inputs.data, p.inputs.loss
+    assert data is not None
     sizes = {t.name: t.numel() for t in p.targets}
-    background = select.by_global(scores, sparsity, cap=max_layer_sparsity(sparsity))
-    curves: dict[str, list[tuple[float, float]]] = {}
-    counts: dict[str, int] = {}
-    for _ in range(AUTO_ROUNDS):
-        curves = scan(model, p.targets, scores, p.inputs.data, p.inputs.loss, grid_for(sparsity), background)
-        counts = exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity)
-        background = select.by_counts(scores, counts)
-    return counts, curves
+    ranked = select.by_global(scores, sparsity, cap=max_layer_sparsity(sparsity))
+    candidates = [({n: int((~k).sum()) for n, k in ranked.items()}, {})]
+    for background in (None, ranked):
+        curves = scan(model, p.targets, scores, data, loss, grid_for(sparsity), background)
+        candidates.append((exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity), curves))
+    joint = [joint_loss(model, p.targets, select.by_counts(scores, c), data, loss) for c, _ in candidates]
+    best = min(range(len(candidates)), key=lambda i: (joint[i], -i))
+    return candidates[best][0], candidates[best][1] or candidates[-1][1]
 
 
 def auto_layer_sparsity(

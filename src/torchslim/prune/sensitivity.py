@@ -130,6 +130,16 @@ def scan(
     return curves
 
 
+def joint_loss(
+    model: nn.Module, targets: Sequence[Target], keep: Mapping[str, torch.Tensor], data: Sequence[Any], loss: LossFn
+) -> float:
+    """Held loss with every target pruned to its `keep` mask at once (restored after)."""
+    with ExitStack() as stack:
+        for t in targets:
+            stack.enter_context(masked(t, keep[t.name]))
+        return held_loss(model, data, loss)
+
+
 def _increase(curve: Curve, fine: np.ndarray) -> np.ndarray:
     """Loss increase over the curve's start, interpolated, made non-decreasing (noise never rewards pruning)."""
     xs, ys = zip(*sorted(curve), strict=True)
