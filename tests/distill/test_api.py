@@ -73,3 +73,15 @@ def test_distill_stage_in_a_recipe(tmp_path) -> None:
     report = ts.run_recipe(recipe, tmp_path / "run")
     assert [s["name"] for s in report["stages"]] == ["baseline", "distill"]
     assert report["stages"][1]["accuracy"] > 0.85
+
+
+def test_callbacks_see_the_student_not_the_training_wrapper(tiny_task, teacher) -> None:
+    seen = []
+
+    class Spy:
+        def after_step(self, model, step, total):
+            seen.append(type(model).__name__)
+
+    student = tiny_task.build(width=0.5)
+    ts.distill(student, teacher, tiny_task.train_loader(), ts.DistillConfig(epochs=1), callbacks=[Spy()])
+    assert set(seen) == {type(student).__name__}

@@ -68,6 +68,25 @@ class _Student(nn.Module):
         return out, feats
 
 
+class _ForStudent:
+    """Hands a training callback the student, not the wrapper that `fit` trains (names must match)."""
+
+    def __init__(self, callback: Any, student: nn.Module) -> None:
+        self.callback, self.student = callback, student
+        for hook in ("extra_loss", "after_step", "after_epoch"):
+            if not hasattr(callback, hook):
+                setattr(self, hook, None)
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor:
+        return self.callback.extra_loss(self.student)
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        self.callback.after_step(self.student, step, total_steps)
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        self.callback.after_epoch(self.student, epoch)
+
+
 def _pairs(features: Sequence[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in features:
@@ -140,7 +159,7 @@ def distill(
             epochs=config.epochs,
             lr=config.lr,
             seed=config.seed,
-            callbacks=callbacks,
+            callbacks=[_ForStudent(cb, student) for cb in callbacks],
             evaluate=(lambda m: evaluate(student)) if evaluate else None,
             checkpoint=checkpoint,
             progress=progress,

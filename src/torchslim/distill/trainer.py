@@ -89,13 +89,13 @@ def fit(
             scheduler.step()
             step += 1
             for cb in callbacks:
-                if hasattr(cb, "after_step"):
+                if getattr(cb, "after_step", None) is not None:
                     cb.after_step(model, step, total)
             running += loss
             seen += 1
             advance(1)
         for cb in callbacks:
-            if hasattr(cb, "after_epoch"):
+            if getattr(cb, "after_epoch", None) is not None:
                 cb.after_epoch(model, epoch)
         record = {"epoch": float(epoch + 1), "loss": running / max(seen, 1)}
         history.append(record)
@@ -133,7 +133,7 @@ def _step(
     inputs, target = split(batch)
     loss = loss_fn(trained, inputs, target)
     for cb in callbacks:
-        if hasattr(cb, "extra_loss"):
+        if getattr(cb, "extra_loss", None) is not None:
             loss = loss + cb.extra_loss(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
