@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim import io
@@ -12,7 +13,9 @@ from torchslim.prune.masks import iter_masks
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _sparse(shape: tuple[int, ...], sparsity: float, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+def _sparse(
+    shape: tuple[int, ...], sparsity: float, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     t = torch.randn(shape, generator=gen)
     return (t * (torch.rand(shape, generator=gen) >= sparsity)).to(dtype)
@@ -58,8 +61,12 @@ def test_index_codes_escape_long_gaps_and_pick_the_narrower_type() -> None:
 
 
 def test_encode_state_picks_the_smallest_codec() -> None:
-    state = {"half": _sparse((100, 100), 0.5), "most": _sparse((100, 100), 0.97), "dense": torch.randn(100, 100),
-             "mask": torch.rand(100, 100) < 0.5}
+    state = {
+        "half": _sparse((100, 100), 0.5),
+        "most": _sparse((100, 100), 0.97),
+        "dense": torch.randn(100, 100),
+        "mask": torch.rand(100, 100) < 0.5,
+    }
     stored, encodings = io.encode_state(state)
     assert encodings["half"]["codec"] == "sparse_bitmask"
     assert encodings["most"]["codec"] == "sparse_index"
@@ -86,7 +93,10 @@ def test_pruned_lenet_round_trips_with_identical_outputs_and_masks(tmp_path: Pat
     assert {n: m.mask for n, _, _, m in iter_masks(loaded)}.keys() == masks.keys()
     assert all(torch.equal(m.mask, masks[n]) for n, _, _, m in iter_masks(loaded))
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert manifest["encodings"]["fc1.parametrizations.weight.0.mask"]["codec"] in ("sparse_index", "packed_bits")
+    assert manifest["encodings"]["fc1.parametrizations.weight.0.mask"]["codec"] in (
+        "sparse_index",
+        "packed_bits",
+    )
 
 
 def test_saved_size_falls_with_sparsity_and_meets_the_target_at_90(lenet) -> None:

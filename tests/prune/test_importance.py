@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim.errors import UserError
@@ -17,7 +18,9 @@ def test_entropy_power_of_known_distributions() -> None:
     gen = torch.Generator().manual_seed(0)
     gauss = 2.0 * torch.randn(40_000, 1, generator=gen)
     uniform = torch.rand(40_000, 1, generator=gen)
-    assert entropy_power(gauss).item() == pytest.approx(4.0, rel=0.05)  # a Gaussian's entropy power is its variance
+    assert entropy_power(gauss).item() == pytest.approx(
+        4.0, rel=0.05
+    )  # a Gaussian's entropy power is its variance
     assert entropy_power(uniform).item() == pytest.approx(1 / (2 * math.pi * math.e), rel=0.05)  # h = 0
     assert entropy_power(torch.full((1000, 1), 3.0)).item() == 0.0  # a constant carries no information
     x = torch.cat([gauss, uniform], 1)
@@ -28,7 +31,9 @@ def test_entropy_weighs_rarely_active_inputs_by_their_activity_and_constants_at_
     gen = torch.Generator().manual_seed(0)
     n = 8192
     gauss = torch.randn(n, generator=gen)
-    rare = torch.randn(n, generator=gen) * (torch.rand(n, generator=gen) < 0.1)  # a ReLU-like unit, active 10%
+    rare = torch.randn(n, generator=gen) * (
+        torch.rand(n, generator=gen) < 0.1
+    )  # a ReLU-like unit, active 10%
     x = torch.stack([gauss, torch.full((n,), 2.0), rare], 1)
     layer = nn.Linear(3, 1)
     with torch.no_grad():
@@ -36,7 +41,9 @@ def test_entropy_weighs_rarely_active_inputs_by_their_activity_and_constants_at_
     scores = IMPORTANCE.get("entropy").fn(ImportanceInput(layer, find_targets(layer), [(x, None)]))
     s = scores["weight"].flatten()
     assert s[1] == 0.0  # a constant input carries no information
-    assert s[2] / s[0] == pytest.approx(0.1, rel=0.2)  # the atom at zero carries none; the rest counts by activity
+    assert s[2] / s[0] == pytest.approx(
+        0.1, rel=0.2
+    )  # the atom at zero carries none; the rest counts by activity
     assert s.sum() == pytest.approx(1.0)  # expressed as a share of the layer's per-output total
 
 
@@ -90,8 +97,12 @@ def test_every_criterion_beats_random_at_high_sparsity(tiny_task, criterion) -> 
 
     def accuracy(name: str) -> float:
         model = tiny_task.model()
-        ts.prune_(model, ts.SparsityConfig(sparsity=0.9, importance=name, scope="global"), data=data,
-                  loss=tiny_task.loss)
+        ts.prune_(
+            model,
+            ts.SparsityConfig(sparsity=0.9, importance=name, scope="global"),
+            data=data,
+            loss=tiny_task.loss,
+        )
         return tiny_task.evaluate(model)
 
     assert accuracy(criterion) > accuracy("random") + 0.15  # random: 0.12, the dense model: 0.88

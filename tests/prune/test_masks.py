@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim import io
@@ -38,7 +39,9 @@ def test_hard_masks_stay_zero_through_adamw_with_weight_decay() -> None:
     before = layer.weight.detach().clone()
     _train(layer, 20)
     assert torch.count_nonzero(layer.weight[~keep]) == 0
-    assert torch.count_nonzero(layer.parametrizations.weight.original[~keep]) == 0  # no drift in storage either
+    assert (
+        torch.count_nonzero(layer.parametrizations.weight.original[~keep]) == 0
+    )  # no drift in storage either
     assert not torch.equal(layer.weight[keep], before[keep])  # the kept weights did train
 
 
@@ -62,8 +65,11 @@ def test_stale_optimizer_state_cannot_leak_into_the_effective_weight_or_the_file
     keep = _half_mask(layer.weight)
     set_mask(layer, "weight", keep, soft=False)
     opt = torch.optim.AdamW([layer.parametrizations.weight.original, layer.bias], lr=0.05, weight_decay=0.1)
-    opt.state[layer.parametrizations.weight.original] = {"step": torch.tensor(5.0),
-                                                         "exp_avg": torch.ones(4, 8), "exp_avg_sq": torch.ones(4, 8)}
+    opt.state[layer.parametrizations.weight.original] = {
+        "step": torch.tensor(5.0),
+        "exp_avg": torch.ones(4, 8),
+        "exp_avg_sq": torch.ones(4, 8),
+    }
     opt.zero_grad()
     layer(torch.randn(4, 8)).pow(2).sum().backward()
     opt.step()
@@ -167,7 +173,9 @@ def test_replayed_transform_rebuilds_masks_before_values_load(tmp_path: Path, ti
     model = tiny_task.model()
     ts.prune_(model, ts.SparsityConfig(sparsity=0.7, soft=True, include=["fc1"]))
     harden(model)
-    assert [t["name"] for t in io.record_of(model).transforms] == ["unstructured_masks", "unstructured_masks"]
+    assert [t["name"] for t in io.record_of(model).transforms] == [
+        "unstructured_masks"
+    ]  # the flag is a value
     ts.save(model, tmp_path / "m")
     loaded = ts.load(tmp_path / "m")
     assert get_mask(loaded.fc1, "weight") is not None and not get_mask(loaded.fc1, "weight").soft

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim.errors import UserError
@@ -26,7 +27,9 @@ def test_global_scope_reaches_the_exact_total_with_unequal_layers(lenet) -> None
     report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.8, scope="global"))
     assert sum(_zeros(lenet, k) for k in LENET) == round(0.8 * sum(LENET.values()))
     assert report.sparsity == pytest.approx(0.8, abs=1e-6)
-    assert report.layer_sparsity["conv1"] < 0.5 < 0.8 < report.layer_sparsity["fc1"]  # magnitude ranks across layers
+    assert (
+        report.layer_sparsity["conv1"] < 0.5 < 0.8 < report.layer_sparsity["fc1"]
+    )  # magnitude ranks across layers
 
 
 def test_global_scope_never_empties_a_layer() -> None:
@@ -79,11 +82,26 @@ def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
         (lambda: ts.SparsityConfig(sparsity=1.0), r"sparsity: must be in \[0, 1\)"),
         (lambda: ts.SparsityConfig(sparsity=-0.1), r"sparsity: must be in \[0, 1\)"),
         (lambda: ts.SparsityConfig(threshold=-1.0), "threshold: must be >= 0"),
-        (lambda: ts.SparsityConfig(sparsity=0.5, importance="magnitud"), r"did you mean 'magnitude'.*known: .*entropy"),
-        (lambda: ts.SparsityConfig(sparsity=0.5, include=["classifier"]), "'classifier' matches no prunable layer"),
-        (lambda: ts.SparsityConfig(sparsity=0.5, importance="taylor"), "importance 'taylor' needs calibration data"),
-        (lambda: ts.SparsityConfig(sparsity=0.5, importance="entropy"), "importance 'entropy' needs calibration data"),
-        (lambda: ts.SparsityConfig(sparsity=0.5, allocation="auto"), "allocation='auto' needs calibration data"),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, importance="magnitud"),
+            r"did you mean 'magnitude'.*known: .*entropy",
+        ),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, include=["classifier"]),
+            "'classifier' matches no prunable layer",
+        ),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, importance="taylor"),
+            "importance 'taylor' needs calibration data",
+        ),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, importance="entropy"),
+            "importance 'entropy' needs calibration data",
+        ),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, allocation="auto"),
+            "allocation='auto' needs calibration data",
+        ),
         (lambda: ts.SparsityConfig(threshold=0.1, allocation="auto"), "needs a sparsity or retain target"),
     ],
 )

@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 import yaml
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim.errors import UserError
@@ -18,7 +19,9 @@ def _recipe(*stages: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_prune_block_validates_into_the_unstructured_spec() -> None:
-    recipe = parse_recipe(_recipe({"prune": {"sparsity": 0.9, "importance": "taylor", "schedule": {"steps": 3}}}))
+    recipe = parse_recipe(
+        _recipe({"prune": {"sparsity": 0.9, "importance": "taylor", "schedule": {"steps": 3}}})
+    )
     name, spec = recipe.stages[0]
     assert name == "prune" and isinstance(spec, UnstructuredSpec)
     assert spec.kind == "unstructured" and spec.schedule.resolved() == "iterative"
@@ -29,13 +32,22 @@ def test_prune_block_validates_into_the_unstructured_spec() -> None:
 @pytest.mark.parametrize(
     ("block", "message"),
     [
-        ({"kind": "bogus", "sparsity": 0.5}, r"stages\[0\]\.prune\.kind: unknown prune kind 'bogus'.*known: .*unstructured"),
+        (
+            {"kind": "bogus", "sparsity": 0.5},
+            r"stages\[0\]\.prune\.kind: unknown prune kind 'bogus'.*known: .*unstructured",
+        ),
         ({"sparsity": 1.5}, r"stages\[0\]\.prune\.sparsity: .*less than 1"),
         ({"threshold": -1.0}, r"prune\.threshold: .*greater than or equal to 0"),
         ({"sparsity": 0.5, "importance": "entropyy"}, r"prune\.importance: .*did you mean 'entropy'"),
-        ({"sparsity": 0.5, "sparsty": 0.5}, r"prune\.sparsty: unknown key for kind unstructured; did you mean sparsity"),
+        (
+            {"sparsity": 0.5, "sparsty": 0.5},
+            r"prune\.sparsty: unknown key for kind unstructured; did you mean sparsity",
+        ),
         ({"sparsity": 0.5, "retain": 0.5}, r"give exactly one of these"),
-        ({"threshold": 0.1, "schedule": {"kind": "gradual"}}, r"need a sparsity or retain target, not a threshold"),
+        (
+            {"threshold": 0.1, "schedule": {"kind": "gradual"}},
+            r"need a sparsity or retain target, not a threshold",
+        ),
         ({"sparsity": 0.5, "schedule": {"begin": 0.8, "end": 0.5}}, r"begin \(0.8\) must be before end"),
     ],
 )
@@ -46,7 +58,9 @@ def test_bad_prune_blocks_name_the_key(block, message) -> None:
 
 def test_errors_carry_the_yaml_line(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
-    path.write_text("model: zoo:tiny-digits\nstages:\n  - finetune: {epochs: 1}\n  - prune:\n      sparsity: 2\n")
+    path.write_text(
+        "model: zoo:tiny-digits\nstages:\n  - finetune: {epochs: 1}\n  - prune:\n      sparsity: 2\n"
+    )
     with pytest.raises(UserError, match=r"line 5: stages\[1\]\.prune\.sparsity"):
         load_recipe(path)
 
@@ -56,10 +70,15 @@ def test_kinds_are_a_registry() -> None:
 
 
 def test_oneshot_prune_then_finetune_keeps_the_masks(tmp_path: Path) -> None:
-    report = ts.run_recipe(_recipe({"prune": {"sparsity": 0.8, "scope": "global"}}, {"finetune": {"epochs": 1}}),
-                           tmp_path / "run")
+    report = ts.run_recipe(
+        _recipe({"prune": {"sparsity": 0.8, "scope": "global"}}, {"finetune": {"epochs": 1}}),
+        tmp_path / "run",
+    )
     base, pruned, tuned = report["stages"]
-    assert pruned["sparsity"] == pytest.approx(1894 / 2368, abs=1e-6) and set(pruned["layer_sparsity"]) == {"fc1", "fc2"}
+    assert pruned["sparsity"] == pytest.approx(1894 / 2368, abs=1e-6) and set(pruned["layer_sparsity"]) == {
+        "fc1",
+        "fc2",
+    }
     assert pruned["nonzero_params"] == base["nonzero_params"] - round(0.8 * 2368)
     assert tuned["nonzero_params"] == pruned["nonzero_params"]  # finetune kept the zeros
     assert pruned["size_bytes"] < 0.6 * base["size_bytes"]  # a tiny model: the manifest is a large share
@@ -78,7 +97,10 @@ def test_iterative_schedule_rises_over_rounds(tmp_path: Path) -> None:
 
 
 def test_gradual_schedule_is_driven_by_the_next_finetune(tmp_path: Path) -> None:
-    stages = ({"prune": {"sparsity": 0.9, "schedule": {"kind": "gradual", "end": 0.5}}}, {"finetune": {"epochs": 2}})
+    stages = (
+        {"prune": {"sparsity": 0.9, "schedule": {"kind": "gradual", "end": 0.5}}},
+        {"finetune": {"epochs": 2}},
+    )
     report = ts.run_recipe(_recipe(*stages), tmp_path / "run")
     base, prune, tuned = report["stages"]
     assert prune["nonzero_params"] == base["nonzero_params"]  # masks attached, nothing pruned yet
@@ -89,7 +111,9 @@ def test_gradual_schedule_is_driven_by_the_next_finetune(tmp_path: Path) -> None
 
 
 def test_auto_allocation_notes_sensitivity_curves(tmp_path: Path) -> None:
-    report = ts.run_recipe(_recipe({"prune": {"sparsity": 0.9, "allocation": "auto", "batches": 4}}), tmp_path / "r")
+    report = ts.run_recipe(
+        _recipe({"prune": {"sparsity": 0.9, "allocation": "auto", "batches": 4}}), tmp_path / "r"
+    )
     stage = report["stages"][1]
     assert set(stage["sensitivity"]) == {"fc1", "fc2"}
     assert all(len(curve) >= 8 and curve[0][0] == 0.0 for curve in stage["sensitivity"].values())
@@ -109,8 +133,12 @@ def test_soft_oneshot_regrows_during_the_next_stage_then_hardens(tmp_path: Path)
 
 
 def test_shipped_recipe_style_yaml_parses(tmp_path: Path) -> None:
-    text = yaml.safe_dump(_recipe({"prune": {"kind": "unstructured", "sparsity": 0.9,
-                                             "schedule": {"kind": "gradual"}}}, {"finetune": {"epochs": 3}}))
+    text = yaml.safe_dump(
+        _recipe(
+            {"prune": {"kind": "unstructured", "sparsity": 0.9, "schedule": {"kind": "gradual"}}},
+            {"finetune": {"epochs": 3}},
+        )
+    )
     path = tmp_path / "r.yaml"
     path.write_text(text)
     assert load_recipe(path).stages[0][1].schedule.kind == "gradual"

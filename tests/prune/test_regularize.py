@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim import zoo
@@ -18,8 +19,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _finetune(task, regularize: dict[str, float]) -> nn.Module:
     model = task.model()
-    _, spec = parse_recipe({"model": "zoo:tiny-digits",
-                            "stages": [{"finetune": {"epochs": 6, "lr": 0.015, "regularize": regularize}}]}).stages[0]
+    _, spec = parse_recipe(
+        {
+            "model": "zoo:tiny-digits",
+            "stages": [{"finetune": {"epochs": 6, "lr": 0.015, "regularize": regularize}}],
+        }
+    ).stages[0]
     STAGES.get("finetune").run(Context(model, task, model, 0, Reporter()), spec)
     return model
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim.data import call
@@ -17,13 +18,21 @@ def test_cubic_schedule_values() -> None:
     assert cubic_sparsity(1.0, 0.9) == pytest.approx(0.9)
     assert cubic_sparsity(1.7, 0.9) == pytest.approx(0.9) and cubic_sparsity(-1.0, 0.9) == 0.0
     assert cubic_sparsity(0.5, 0.9, initial=0.2) == pytest.approx(0.9 - 0.7 * 0.125)
-    assert iterative_targets(0.9, 3) == pytest.approx([0.9 * (1 - (2 / 3) ** 3), 0.9 * (1 - (1 / 3) ** 3), 0.9])
+    assert iterative_targets(0.9, 3) == pytest.approx(
+        [0.9 * (1 - (2 / 3) ** 3), 0.9 * (1 - (1 / 3) ** 3), 0.9]
+    )
     assert iterative_targets(0.5, 1) == [0.5]
 
 
 def _fit(task, model, epochs: int, callbacks) -> None:
-    fit(model, lambda e: task.train_loader(seed=e), lambda m, x, y: task.loss(call(m, x), y),
-        epochs=epochs, lr=1e-3, callbacks=callbacks)
+    fit(
+        model,
+        lambda e: task.train_loader(seed=e),
+        lambda m, x, y: task.loss(call(m, x), y),
+        epochs=epochs,
+        lr=1e-3,
+        callbacks=callbacks,
+    )
 
 
 def test_gradual_pruner_follows_the_cubic_curve_during_training(tiny_task) -> None:

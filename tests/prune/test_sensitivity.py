@@ -1,5 +1,6 @@
 import pytest
 import torch
+from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, held_loss, max_layer_sparsity
@@ -42,7 +43,9 @@ def test_auto_beats_uniform_on_the_tiny_task(tiny_task) -> None:
     data = tiny_task.calibration_loader()
     uniform, auto = tiny_task.model(), tiny_task.model()
     ts.prune_(uniform, ts.SparsityConfig(sparsity=0.9))
-    report = ts.prune_(auto, ts.SparsityConfig(sparsity=0.9, allocation="auto"), data=data, loss=tiny_task.loss)
+    report = ts.prune_(
+        auto, ts.SparsityConfig(sparsity=0.9, allocation="auto"), data=data, loss=tiny_task.loss
+    )
     assert report.sparsity == pytest.approx(round(0.9 * 2368) / 2368, abs=1e-9)  # exact global count
     assert report.layer_sparsity["fc1"] > 0.9 > report.layer_sparsity["fc2"]  # the classifier is more fragile
     assert held_loss(auto, data, tiny_task.loss) < held_loss(uniform, data, tiny_task.loss)
@@ -59,6 +62,8 @@ def test_scan_restores_the_model_exactly(tiny_task) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ts.prune_(model, ts.SparsityConfig(sparsity=0.0, allocation="auto"), data=data, loss=tiny_task.loss)
     x = torch.randn(3, 64)
-    after = {k.replace("parametrizations.weight.original", "weight"): v for k, v in model.state_dict().items()}
+    after = {
+        k.replace("parametrizations.weight.original", "weight"): v for k, v in model.state_dict().items()
+    }
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert torch.count_nonzero(model.fc1.weight) == 2048 and model(x).shape == (3, 10)

@@ -1,5 +1,6 @@
 import pytest
 import torch.nn as nn
+from unstructured_fixtures import one_thread as one_thread
 
 from torchslim.errors import UserError
 from torchslim.prune.targets import LAYER_KINDS, find_targets, kind_of
@@ -43,7 +44,12 @@ def test_every_layer_kind_yields_its_weights_and_no_biases() -> None:
 
 def test_separate_qkv_projections_are_targets() -> None:
     attn = nn.MultiheadAttention(8, 2, kdim=4, vdim=6)
-    assert [t.param for t in find_targets(attn)] == ["q_proj_weight", "k_proj_weight", "v_proj_weight", "weight"]
+    assert [t.param for t in find_targets(attn)] == [
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "weight",
+    ]
 
 
 def test_subclasses_inherit_their_kind() -> None:

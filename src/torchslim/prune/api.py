@@ -71,7 +71,9 @@ def plan(
     targets = find_targets(model, config.include, config.exclude)
     auto = config.allocation == "auto"
     if auto and config.threshold is not None:
-        raise UserError("SparsityConfig.allocation: 'auto' needs a sparsity or retain target, not a threshold")
+        raise UserError(
+            "SparsityConfig.allocation: 'auto' needs a sparsity or retain target, not a threshold"
+        )
     needs = criterion.needs_data or auto
     batches = list(limit(data, MAX_BATCHES)) if data is not None else None
     if needs and not batches:
@@ -96,7 +98,7 @@ def prune_unstructured(
     seed: int = 0,
     layer_sparsity: dict[str, float] | None = None,
 ) -> PruneReport:
-    """Score, choose and apply masks. `layer_sparsity` (internal: gradual schedules) fixes per-layer targets."""
+    """Score, choose and apply masks; `layer_sparsity` (used by gradual schedules) fixes per-layer targets."""
     p = plan(model, config, data, loss, seed)
     scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -132,7 +134,8 @@ def auto_counts(
     assert data is not None
     sizes = {t.name: t.numel() for t in p.targets}
     ranked = select.by_global(scores, sparsity, cap=max_layer_sparsity(sparsity))
-    candidates = [({n: int((~k).sum()) for n, k in ranked.items()}, {})]
+    Curves = dict[str, list[tuple[float, float]]]
+    candidates: list[tuple[dict[str, int], Curves]] = [({n: int((~k).sum()) for n, k in ranked.items()}, {})]
     for background in (None, ranked):
         curves = scan(model, p.targets, scores, data, loss, grid_for(sparsity), background)
         candidates.append((exact_counts(allocate(curves, sizes, sparsity), sizes, sparsity), curves))
@@ -142,7 +145,12 @@ def auto_counts(
 
 
 def auto_layer_sparsity(
-    model: nn.Module, config: SparsityConfig, *, data: Iterable[Any] | None, loss: LossFn | None = None, seed: int = 0
+    model: nn.Module,
+    config: SparsityConfig,
+    *,
+    data: Iterable[Any] | None,
+    loss: LossFn | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
     """The per-layer sparsity `allocation="auto"` would choose (and the scan behind it), without pruning."""
     p = plan(model, config.replace(allocation="auto"), data, loss, seed)

@@ -34,23 +34,45 @@ FOLDED = "unstructured_masks_folded"
 
 
 class Mask(nn.Module):
-    """Parametrization multiplying a weight by a boolean mask (True = kept)."""
+    """Parametrization multiplying a weight by a boolean mask (True = kept).
+
+    `soft` is mirrored in a 0-d buffer, so a saved model restores it from its values (no structural
+    record needed when masks are hardened, even by a callback that sees a wrapper of the model).
+    """
+
+    mask: torch.Tensor
+    soft_flag: torch.Tensor
 
     def __init__(self, mask: torch.Tensor, soft: bool = False) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool).clone())
-        self.soft = soft
+        self.register_buffer("soft_flag", torch.tensor(bool(soft)))
+        self._soft = bool(soft)
         self.register_state_dict_post_hook(_store_pruned_as_zero)
+        self.register_load_state_dict_post_hook(_read_soft_flag)
+
+    @property
+    def soft(self) -> bool:
+        return self._soft
+
+    @soft.setter
+    def soft(self, value: bool) -> None:
+        self._soft = bool(value)
+        self.soft_flag.fill_(self._soft)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         masked = weight * self.mask
-        if self.soft and weight.requires_grad:
+        if self._soft and weight.requires_grad:
             return weight + (masked - weight).detach()  # value masked, gradient straight through
         return masked
 
     def extra_repr(self) -> str:
         kept = int(self.mask.sum())
         return f"sparsity={1 - kept / max(self.mask.numel(), 1):.4f}, soft={self.soft}"
+
+
+def _read_soft_flag(module: Mask, incompatible: Any) -> None:
+    module._soft = bool(module.soft_flag)
 
 
 def _store_pruned_as_zero(module: Mask, state: dict[str, Any], prefix: str, metadata: Any) -> None:
@@ -62,11 +84,16 @@ def _store_pruned_as_zero(module: Mask, state: dict[str, Any], prefix: str, meta
         state[key] = state[key] * module.mask
 
 
+def plist(module: nn.Module, param: str) -> Any:
+    """The `ParametrizationList` of `module.param` (holds `original` and the parametrizations)."""
+    return module.parametrizations[param]  # type: ignore[index]
+
+
 def get_mask(module: nn.Module, param: str) -> Mask | None:
     """Our mask on `module.param`, when it is the first parametrization (acting on the stored weight)."""
     if not parametrize.is_parametrized(module, param):
         return None
-    first = module.parametrizations[param][0]
+    first = plist(module, param)[0]
     return first if isinstance(first, Mask) else None
 
 
@@ -81,9 +108,9 @@ def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Mask]]:
 
 
 def set_mask(module: nn.Module, param: str, keep: torch.Tensor, soft: bool) -> bool:
-    """Attach or update the mask of `module.param`; returns True when structure changed (new mask or flag)."""
+    """Attach or update the mask of `module.param`; returns True when a new mask was attached."""
     mask = get_mask(module, param)
-    changed = mask is None or mask.soft != soft
+    changed = mask is None
     if mask is None:
         mask = Mask(keep, soft)
         parametrize.register_parametrization(module, param, mask)
@@ -99,7 +126,7 @@ def zero_pruned(module: nn.Module, param: str) -> None:
     mask = get_mask(module, param)
     if mask is not None and not mask.soft:
         with torch.no_grad():
-            module.parametrizations[param].original.mul_(mask.mask)
+            plist(module, param).original.mul_(mask.mask)
 
 
 def zero_all_pruned(model: nn.Module) -> None:
@@ -108,34 +135,33 @@ def zero_all_pruned(model: nn.Module) -> None:
 
 
 def record(model: nn.Module, layers: dict[str, bool]) -> None:
-    """Record masks (`{"module.param": soft}`) so that `ts.load` re-creates them."""
+    """Record new masks (`{"module.param": soft}`) so that `ts.load` re-creates them."""
     if layers:
         io.add_transform(model, MASKS, {"layers": {k: {"soft": v} for k, v in layers.items()}})
 
 
 def harden(model: nn.Module) -> int:
     """Turn every soft mask into a hard one (pruned weights are zeroed and get no more gradient)."""
-    changed = {}
-    for name, module, param, mask in iter_masks(model):
+    count = 0
+    for _, module, param, mask in iter_masks(model):
         if mask.soft:
             mask.soft = False
             zero_pruned(module, param)
-            changed[_key(name, param)] = False
-    record(model, changed)
-    return len(changed)
+            count += 1
+    return count
 
 
 def make_permanent(model: nn.Module) -> int:
     """Fold every mask into its weight (`weight = original * mask`) and remove the parametrization."""
     folded = []
     for name, module, param, mask in list(iter_masks(model)):
-        plist = module.parametrizations[param]
+        params = plist(module, param)
         with torch.no_grad():
-            plist.original.mul_(mask.mask)
-        if len(plist) == 1:
+            params.original.mul_(mask.mask)
+        if len(params) == 1:
             parametrize.remove_parametrizations(module, param, leave_parametrized=False)
         else:
-            del plist[0]
+            del params[0]
         folded.append(_key(name, param))
     if folded:
         io.add_transform(model, FOLDED, {"layers": folded})
@@ -165,7 +191,9 @@ def _replay_masks(model: nn.Module, params: dict[str, Any]) -> nn.Module:
         mask = get_mask(module, param)
         if mask is None:
             weight = getattr(module, param)
-            parametrize.register_parametrization(module, param, Mask(torch.ones_like(weight, dtype=torch.bool)))
+            parametrize.register_parametrization(
+                module, param, Mask(torch.ones_like(weight, dtype=torch.bool))
+            )
             mask = get_mask(module, param)
         assert mask is not None
         mask.soft = bool(options.get("soft", False))
@@ -177,9 +205,9 @@ def _replay_fold(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     for key in params["layers"]:
         module, param = _locate(model, key)
         if get_mask(module, param) is not None:
-            plist = module.parametrizations[param]
-            if len(plist) == 1:
+            chain = plist(module, param)
+            if len(chain) == 1:
                 parametrize.remove_parametrizations(module, param, leave_parametrized=False)
             else:
-                del plist[0]
+                del chain[0]
     return model

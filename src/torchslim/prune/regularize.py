@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -57,7 +58,7 @@ class Regularizer:
     def extra_loss(self, model: nn.Module) -> torch.Tensor:
         total = torch.zeros(())
         for module in weighted_modules(model, self.include, self.exclude).values():
-            w = module.weight
+            w = cast(torch.Tensor, module.weight)  # the masked weight when a mask is attached
             if self.l1:
                 total = total + self.l1 * w.abs().sum()
             if self.l2:

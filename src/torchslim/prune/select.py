@@ -17,7 +17,7 @@ from torchslim.prune.targets import Target
 
 
 def ranked_scores(targets: Sequence[Target], scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scores as float, NaN ranked lowest, hard-pruned entries at -inf; checked against the weights' shapes."""
+    """Scores as float, NaN lowest, hard-pruned entries at -inf; checked against the weights' shapes."""
     out = {}
     for t in targets:
         if t.name not in scores:
@@ -49,7 +49,9 @@ def by_layer(scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, t
     return by_counts(scores, {n: round(sparsity * s.numel()) for n, s in scores.items()})
 
 
-def by_global(scores: Mapping[str, torch.Tensor], sparsity: float, cap: float = 1.0) -> dict[str, torch.Tensor]:
+def by_global(
+    scores: Mapping[str, torch.Tensor], sparsity: float, cap: float = 1.0
+) -> dict[str, torch.Tensor]:
     """One ranking across all layers: exactly round(sparsity * total) entries pruned.
 
     No layer loses more than `cap` of its entries (a ranking that empties a layer disconnects the

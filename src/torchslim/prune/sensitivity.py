@@ -59,7 +59,9 @@ def held_loss(model: nn.Module, data: Sequence[Any], loss: LossFn) -> float:
 @contextmanager
 def recalibrated_norms(model: nn.Module, data: Sequence[Any]) -> Iterator[None]:
     """Batch-norm running statistics re-estimated on `data` (cumulative average), restored on exit."""
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    norms: list[_BatchNorm] = [
+        m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+    ]
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
     try:
         for m in norms:
@@ -131,7 +133,11 @@ def scan(
 
 
 def joint_loss(
-    model: nn.Module, targets: Sequence[Target], keep: Mapping[str, torch.Tensor], data: Sequence[Any], loss: LossFn
+    model: nn.Module,
+    targets: Sequence[Target],
+    keep: Mapping[str, torch.Tensor],
+    data: Sequence[Any],
+    loss: LossFn,
 ) -> float:
     """Held loss with every target pruned to its `keep` mask at once (restored after)."""
     with ExitStack() as stack:
@@ -141,7 +147,7 @@ def joint_loss(
 
 
 def _increase(curve: Curve, fine: np.ndarray) -> np.ndarray:
-    """Loss increase over the curve's start, interpolated, made non-decreasing (noise never rewards pruning)."""
+    """Loss increase over the curve's start, interpolated, non-decreasing (noise never rewards pruning)."""
     xs, ys = zip(*sorted(curve), strict=True)
     rise = np.interp(fine, xs, np.asarray(ys) - ys[0])
     return np.maximum.accumulate(np.maximum(rise, 0.0))

@@ -1,4 +1,4 @@
-"""The recipe stage `prune`. Its `kind` picks a registered technique (`PRUNE_KINDS`); `unstructured` lives here.
+"""The recipe stage `prune`: its `kind` picks a registered technique (`PRUNE_KINDS`); `unstructured` is here.
 
     - prune: {kind: unstructured, sparsity: 0.9, importance: taylor, scope: global}
     - prune: {kind: unstructured, sparsity: 0.9, schedule: {steps: 5}, finetune_epochs: 1}  # iterative
@@ -40,7 +40,9 @@ class PruneKind:
 PRUNE_KINDS: Registry[PruneKind] = Registry("prune kind")
 
 
-def register_prune_kind(name: str, spec: type[StageSpec]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def register_prune_kind(
+    name: str, spec: type[StageSpec]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register `run(ctx, spec)` for `prune: {kind: name, ...}`; `spec` validates the whole block."""
 
     def add(run: Callable[..., None]) -> Callable[..., None]:
@@ -56,7 +58,7 @@ class PruneSpec(StageSpec):
     kind: str = "unstructured"
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
         body = obj if isinstance(obj, dict) else {}
         kind = body.get("kind", "unstructured")
         if not isinstance(kind, str) or kind not in PRUNE_KINDS:
@@ -66,7 +68,9 @@ class PruneSpec(StageSpec):
             if key not in spec.model_fields:
                 close = difflib.get_close_matches(str(key), spec.model_fields, n=2)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
-                raise _invalid(cls, key, f"unknown key for kind {kind}{hint} (allowed: {', '.join(spec.model_fields)})")
+                raise _invalid(
+                    cls, key, f"unknown key for kind {kind}{hint} (allowed: {', '.join(spec.model_fields)})"
+                )
         return spec.model_validate(obj, **kwargs)
 
 
@@ -146,7 +150,17 @@ class UnstructuredSpec(StageSpec):
         return self
 
     def config(self) -> SparsityConfig:
-        fields = ("sparsity", "threshold", "retain", "importance", "scope", "allocation", "include", "exclude", "soft")
+        fields = (
+            "sparsity",
+            "threshold",
+            "retain",
+            "importance",
+            "scope",
+            "allocation",
+            "include",
+            "exclude",
+            "soft",
+        )
         return SparsityConfig(**{f: getattr(self, f) for f in fields})
 
 
@@ -187,8 +201,13 @@ def _iterative(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: A
         history = _finetune(ctx, spec.finetune_epochs, spec.lr, seed=ctx.seed + 1000 * (k + 1))
         rounds.append({"sparsity": round(rep.sparsity, 6), "loss": history[-1]["loss"] if history else None})
     if config.soft:  # last recompute at the final sparsity, then the masks become hard
-        rep = prune_unstructured(ctx.model, config.replace(sparsity=final, retain=None), data=data,
-                                 loss=ctx.task.loss, seed=ctx.seed)
+        rep = prune_unstructured(
+            ctx.model,
+            config.replace(sparsity=final, retain=None),
+            data=data,
+            loss=ctx.task.loss,
+            seed=ctx.seed,
+        )
         harden(ctx.model)
     ctx.note(**rep.notes(), schedule="iterative", rounds=rounds)
 
@@ -197,7 +216,8 @@ def _iterative(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: A
 def _gradual(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: Any) -> None:
     final = target_sparsity(config)
     assert final is not None
-    planned, curves = None, {}
+    planned: dict[str, float] | None = None
+    curves: dict[str, list[tuple[float, float]]] = {}
     if config.allocation == "auto":
         planned, curves = auto_layer_sparsity(ctx.model, config, data=data, loss=ctx.task.loss, seed=ctx.seed)
     start = config.replace(sparsity=0.0, retain=None, importance="magnitude", allocation="uniform")
@@ -209,7 +229,9 @@ def _gradual(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: Any
     ctx.note(**notes)
 
 
-def _pruner(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: Any, **kwargs: Any) -> GradualPruner:
+def _pruner(
+    ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: Any, **kwargs: Any
+) -> GradualPruner:
     final = config.replace(sparsity=target_sparsity(config), retain=None, allocation="uniform")
     s = spec.schedule
     return GradualPruner(final, s.begin, s.end, s.every, data, ctx.task.loss, seed=ctx.seed, **kwargs)
@@ -224,5 +246,13 @@ def _finetune(ctx: Any, epochs: int, lr: float, seed: int) -> list[dict[str, flo
     def batches(epoch: int) -> Any:
         return task.train_loader(seed=seed + epoch)
 
-    return fit(ctx.model, batches, loss_fn, epochs=epochs, lr=lr, callbacks=ctx.callbacks,
-               progress=ctx.progress, seed=seed)
+    return fit(
+        ctx.model,
+        batches,
+        loss_fn,
+        epochs=epochs,
+        lr=lr,
+        callbacks=ctx.callbacks,
+        progress=ctx.progress,
+        seed=seed,
+    )

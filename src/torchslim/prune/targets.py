@@ -52,7 +52,9 @@ def _along(axis: int, ndim: int, values: torch.Tensor) -> torch.Tensor:
     return values.view(shape)
 
 
-def _linear_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _linear_inputs(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     x = args[0] if args else kwargs["input"]
     return {"weight": _features_last(x, -1)}
 
@@ -63,7 +65,8 @@ def _linear_spread(module: nn.Module, param: str, values: torch.Tensor) -> torch
 
 def _conv_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     x = args[0] if args else kwargs["input"]
-    return {"weight": _features_last(x, 1 if x.dim() == module.weight.dim() else 0)}
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    return {"weight": _features_last(x, 1 if x.dim() == weight.dim() else 0)}
 
 
 def _conv_spread(module: nn.Module, param: str, values: torch.Tensor) -> torch.Tensor:
@@ -103,7 +106,9 @@ LAYER_KINDS.register("conv", LayerKind(_CONV, _weight, _conv_inputs, _conv_sprea
 LAYER_KINDS.register("conv_transpose", LayerKind(_CONV_T, _weight, _conv_inputs, _conv_transpose_spread))
 LAYER_KINDS.register("embedding", LayerKind((nn.Embedding,), _weight))
 LAYER_KINDS.register("rnn", LayerKind((nn.RNNBase,), _rnn_params))
-LAYER_KINDS.register("attention", LayerKind((nn.MultiheadAttention,), _mha_params, _mha_inputs, _linear_spread))
+LAYER_KINDS.register(
+    "attention", LayerKind((nn.MultiheadAttention,), _mha_params, _mha_inputs, _linear_spread)
+)
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:
@@ -136,12 +141,14 @@ class Target:
 
     def weight(self) -> torch.Tensor:
         """The tensor the forward pass computes with (masked when a mask is attached)."""
-        return getattr(self.module, self.param)  # type: ignore[no-any-return]
+        weight: torch.Tensor = getattr(self.module, self.param)
+        return weight
 
     def leaf(self) -> torch.Tensor:
         """The trainable tensor behind the weight (`original` of a parametrization)."""
         if parametrize.is_parametrized(self.module, self.param):
-            return self.module.parametrizations[self.param].original  # type: ignore[no-any-return]
+            leaf: torch.Tensor = self.module.parametrizations[self.param].original  # type: ignore[index,union-attr]
+            return leaf
         return self.weight()
 
     def numel(self) -> int:
@@ -149,7 +156,7 @@ class Target:
 
 
 def find_targets(model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Target]:
-    """Prunable tensors of modules the globs select, in model order. Fails on an include glob matching nothing."""
+    """Prunable tensors of the modules the globs select, in model order; an include matching nothing fails."""
     found: list[Target] = []
     names = []
     for module_name, module in model.named_modules():
@@ -164,7 +171,9 @@ def find_targets(model: nn.Module, include: Sequence[str] = (), exclude: Sequenc
             found.append(Target(name or param, module_name, module, param, kind))
     for pattern in include:
         if not any(matches(n, pattern) for n in names):
-            raise UserError(f"include pattern {pattern!r} matches no prunable layer (prunable: {', '.join(names)})")
+            raise UserError(
+                f"include pattern {pattern!r} matches no prunable layer (prunable: {', '.join(names)})"
+            )
     if not found:
         raise UserError(f"no prunable layer selected (include={list(include)}, exclude={list(exclude)})")
     return found

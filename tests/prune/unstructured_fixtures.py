@@ -1,4 +1,5 @@
-"""Fixtures of the unstructured pruning tests."""
+"""Fixtures of the unstructured pruning tests (imported by them: a `conftest.py` here would shadow
+`tests/conftest.py` for tests that import it by module name)."""
 
 from __future__ import annotations
 
