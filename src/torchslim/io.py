@@ -218,7 +218,8 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
     }
     with temp_dir_beside(path) as tmp:
         save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))  # compact: it counts in size_bytes
+        # compact: the manifest counts in size_bytes
+        (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
         replace_dir(tmp, path)
     return path
 

@@ -39,7 +39,8 @@ def test_size_grows_with_parameters(tiny_task) -> None:
     small = ts.measure(tiny_task.build(width=0.25), tiny_task.example_inputs, repeats=1)
     large = ts.measure(tiny_task.build(width=2.0), tiny_task.example_inputs, repeats=1)
     assert small.size_bytes < large.size_bytes
-    assert large.size_bytes - small.size_bytes >= 4 * (large.params - small.params)
+    # float32 weights, entropy-coded: random-looking floats save well under 10%
+    assert large.size_bytes - small.size_bytes >= 0.9 * 4 * (large.params - small.params)
 
 
 def test_latency_uses_one_thread_and_restores_the_setting() -> None:
