@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 from torchslim.atomic import temp_dir_beside
 from torchslim.io import set_source
-from torchslim.metrics.latency import threads
 
 
 def cache_root() -> Path:
@@ -77,38 +76,13 @@ class Task(abc.ABC):
             out.append(batch)
         return out
 
-    def fit_classifier(
-        self,
-        model: nn.Module,
-        *,
-        epochs: int,
-        lr: float,
-        weight_decay: float = 0.0,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        """Baseline training for classifiers: AdamW with a one-cycle schedule, seeded, on one thread.
-
-        One thread because CPU results depend on the thread count (reduction order): this keeps the
-        baseline independent of the core count; models this small gain little from more threads and
-        lose a lot when other processes load the cores.
-        """
-        with threads(1):
-            torch.manual_seed(0)
-            steps = epochs * len(list(self.train_loader()))
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-            model.train()
-            for epoch in range(epochs):
-                for x, y in self.train_loader(seed=epoch):
-                    opt.zero_grad()
-                    self.loss(model(augment(x) if augment else x), y).backward()
-                    opt.step()
-                    sched.step()
-            model.eval()
-
     # -- the cached baseline -------------------------------------------------------------------
     def code_hash(self) -> str:
-        source = inspect.getsource(sys.modules[type(self).__module__])
+        """Hash of the source of every torchslim module the task's classes live in."""
+        modules = dict.fromkeys(
+            c.__module__ for c in type(self).__mro__ if c.__module__.startswith("torchslim")
+        )
+        source = "".join(inspect.getsource(sys.modules[m]) for m in modules)
         return hashlib.sha256(source.encode()).hexdigest()[:12]
 
     def cache_dir(self) -> Path:

@@ -13,13 +13,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from torchslim.metrics.accuracy import top1_accuracy
-from torchslim.zoo.base import Task
+from torchslim.zoo.classification import ClassificationTask
 
-TRAIN_BATCH = 64
-TEST_BATCH = 256
 EPOCHS = 12
 LR = 2e-3
 MAX_SHIFT = 2  # pixels of random translation in training (28×28 scale)
@@ -59,9 +55,11 @@ def _random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(n)])
 
 
-class LeNetDigits(Task):
+class LeNetDigits(ClassificationTask):
     name = "lenet5-digits"
     metric = "accuracy"
+    train_batch = 64
+    test_batch = 256
 
     def make(self, width: float = 1.0, **kwargs: Any) -> nn.Module:
         return LeNet5(width=width, **kwargs)
@@ -88,29 +86,10 @@ class LeNetDigits(Task):
             "y_test": labels[idx_test],
         }
 
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> DataLoader[Any]:
-        ds = TensorDataset(self.data["x_train"], self.data["y_train"])
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch_size or TRAIN_BATCH, shuffle=True, generator=gen)
-
-    def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
-        ds = TensorDataset(self.data["x_test"], self.data["y_test"])
-        return DataLoader(ds, batch_size=batch_size or TEST_BATCH, shuffle=False)
-
-    @property
-    def example_inputs(self) -> torch.Tensor:
-        return self.data["x_test"][:32]
-
-    def loss(self, output: Any, target: Any) -> torch.Tensor:
-        return F.cross_entropy(output, target)
-
     def train_baseline(self, model: nn.Module) -> None:
         """Adam (AdamW without decay), one-cycle schedule, small random shifts; see `fit_classifier`."""
         gen = torch.Generator().manual_seed(0)
         self.fit_classifier(model, epochs=EPOCHS, lr=LR, augment=lambda x: _random_shift(x, gen))
-
-    def evaluate(self, model: nn.Module) -> float:
-        return top1_accuracy(model, self.test_loader())
 
 
 if __name__ == "__main__":  # quick measurement: python -m torchslim.zoo.lenet

@@ -17,16 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
-from torchslim.metrics.accuracy import top1_accuracy
-from torchslim.zoo.base import Task, cache_root
+from torchslim.zoo.base import cache_root
+from torchslim.zoo.classification import ClassificationTask
 
 DATA_FILE = "mnist1d-data-v1.npz"
 LENGTH = 40
-TRAIN_BATCH = 128
-TEST_BATCH = 500
 EPOCHS = 20
 LR = 1e-2
 WEIGHT_DECAY = 1e-4
@@ -107,9 +103,11 @@ class CNN1d(nn.Module):
         return self.fc(self.flatten(self.block3(self.block2(self.block1(x)))))
 
 
-class Mnist1dCNN(Task):
+class Mnist1dCNN(ClassificationTask):
     name = "mnist1d-cnn"
     metric = "accuracy"
+    train_batch = 128
+    test_batch = 500
 
     def make(self, width: float = 1.0, **kwargs: Any) -> nn.Module:
         return CNN1d(width=width, **kwargs)
@@ -123,28 +121,9 @@ class Mnist1dCNN(Task):
         out["x_test"] = out["x_test"].unsqueeze(1)
         return out
 
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> DataLoader[Any]:
-        ds = TensorDataset(self.data["x_train"], self.data["y_train"])
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch_size or TRAIN_BATCH, shuffle=True, generator=gen)
-
-    def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
-        ds = TensorDataset(self.data["x_test"], self.data["y_test"])
-        return DataLoader(ds, batch_size=batch_size or TEST_BATCH, shuffle=False)
-
-    @property
-    def example_inputs(self) -> torch.Tensor:
-        return self.data["x_test"][:32]
-
-    def loss(self, output: Any, target: Any) -> torch.Tensor:
-        return F.cross_entropy(output, target)
-
     def train_baseline(self, model: nn.Module) -> None:
         """AdamW with a one-cycle schedule; see `fit_classifier`."""
         self.fit_classifier(model, epochs=EPOCHS, lr=LR, weight_decay=WEIGHT_DECAY)
-
-    def evaluate(self, model: nn.Module) -> float:
-        return top1_accuracy(model, self.test_loader())
 
 
 if __name__ == "__main__":  # quick measurement: python -m torchslim.zoo.mnist1d

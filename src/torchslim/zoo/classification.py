@@ -1,0 +1,75 @@
+"""Classification tasks on in-memory tensors: loaders, loss, metric and baseline training in one place."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchslim.metrics.accuracy import top1_accuracy
+from torchslim.metrics.latency import threads
+from torchslim.zoo.base import Task
+
+
+class ClassificationTask(Task):
+    """`data` holds `x_train`, `y_train`, `x_test`, `y_test`; the metric is top-1 accuracy."""
+
+    train_batch: int = 64
+    test_batch: int = 256
+
+    @property
+    @abc.abstractmethod
+    def data(self) -> dict[str, torch.Tensor]: ...
+
+    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> DataLoader[Any]:
+        ds = TensorDataset(self.data["x_train"], self.data["y_train"])
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(ds, batch_size=batch_size or self.train_batch, shuffle=True, generator=gen)
+
+    def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
+        ds = TensorDataset(self.data["x_test"], self.data["y_test"])
+        return DataLoader(ds, batch_size=batch_size or self.test_batch, shuffle=False)
+
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        return self.data["x_test"][:32]
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        return F.cross_entropy(output, target)
+
+    def evaluate(self, model: nn.Module) -> float:
+        return top1_accuracy(model, self.test_loader())
+
+    def fit_classifier(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int,
+        lr: float,
+        weight_decay: float = 0.0,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Baseline training for classifiers: AdamW with a one-cycle schedule, seeded, on one thread.
+
+        One thread because CPU results depend on the thread count (reduction order): this keeps the
+        baseline independent of the core count; models this small gain little from more threads and
+        lose a lot when other processes load the cores.
+        """
+        with threads(1):
+            torch.manual_seed(0)
+            steps = epochs * len(list(self.train_loader()))
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+            model.train()
+            for epoch in range(epochs):
+                for x, y in self.train_loader(seed=epoch):
+                    opt.zero_grad()
+                    self.loss(model(augment(x) if augment else x), y).backward()
+                    opt.step()
+                    sched.step()
+            model.eval()
