@@ -127,3 +127,28 @@ def test_onnx_output_runs_in_onnxruntime(tmp_path: Path) -> None:
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     expected = ts.load(tmp_path / "run" / "model")(x).detach().numpy()
     assert abs(got - expected).max() < 1e-4
+
+
+def test_resume_recreates_a_gradual_schedule_the_next_stage_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchslim import pipeline
+
+    prune = {"kind": "unstructured", "sparsity": 0.8, "schedule": {"kind": "gradual"}}
+    recipe = {**TINY, "stages": [{"prune": prune}, {"finetune": {"epochs": 2}}]}
+    reference = ts.run_recipe(recipe, tmp_path / "reference")
+    real = pipeline._run_stage
+
+    def crash_in_finetune(ctx, index, *args):  # type: ignore[no-untyped-def]
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(ctx, index, *args)
+
+    monkeypatch.setattr(pipeline, "_run_stage", crash_in_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        ts.run_recipe(recipe, tmp_path / "run")
+    monkeypatch.undo()
+    report = ts.run_recipe(recipe, tmp_path / "run", resume=True)
+    final = report["stages"][-1]
+    assert final["nonzero_params"] == reference["stages"][-1]["nonzero_params"] < 0.3 * final["params"]
+    assert final["accuracy"] == reference["stages"][-1]["accuracy"]

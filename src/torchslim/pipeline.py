@@ -145,7 +145,7 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
         reporter.stage(index, len(steps) - 1, name)
         stage_dir = work / "stages" / f"{index:02d}-{name}"
         row_file = stage_dir.with_suffix(".json")
-        if row_file.is_file():  # finished before an interruption
+        if _reusable(row_file, work, index, steps):  # finished before an interruption
             ctx.model, row = io.load(stage_dir), json.loads(row_file.read_text())
             ctx.runtime = row["runtime"]
         else:
@@ -171,6 +171,19 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
     return report
 
 
+def _reusable(row_file: Path, work: Path, index: int, steps: list[tuple[str, Any]]) -> bool:
+    """A finished stage is reloaded on resume, unless it left training callbacks (a gradual pruning
+    schedule) that the next stage has not consumed yet: those live in memory, so the (seeded,
+    deterministic) stage runs again to recreate them."""
+    if not row_file.is_file():
+        return False
+    if not json.loads(row_file.read_text()).get("registers_callbacks"):
+        return True
+    if index + 1 >= len(steps):
+        return True
+    return (work / "stages" / f"{index + 1:02d}-{steps[index + 1][0]}.json").is_file()
+
+
 def _remove_resume_state(work: Path) -> None:
     """What only `--resume` needs does not belong in the published output."""
     shutil.rmtree(work / "train", ignore_errors=True)
@@ -186,11 +199,14 @@ def _run_stage(
     torch.manual_seed(ctx.seed + index)
     ctx.notes = {}
     ctx.train_checkpoint = train_dir
+    callbacks = len(ctx.callbacks)
     started = time.perf_counter()
     if spec is not None:
         STAGES.get(name).run(ctx, spec)
     seconds = time.perf_counter() - started
     ctx.model, row = _checkpoint(ctx.model, ctx.task, stage_dir, ctx.runtime)
+    if len(ctx.callbacks) > callbacks:
+        ctx.notes["registers_callbacks"] = True
     return {"name": name, **row, "seconds": round(seconds, 2), **ctx.notes}
 
 
