@@ -152,3 +152,12 @@ def test_resume_recreates_a_gradual_schedule_the_next_stage_needs(
     final = report["stages"][-1]
     assert final["nonzero_params"] == reference["stages"][-1]["nonzero_params"] < 0.3 * final["params"]
     assert final["accuracy"] == reference["stages"][-1]["accuracy"]
+
+
+def test_sensitivity_curves_of_auto_pruning_reach_the_report(tmp_path: Path) -> None:
+    prune = {"kind": "unstructured", "sparsity": 0.8, "allocation": "auto"}
+    report = ts.run_recipe({**TINY, "stages": [{"prune": prune}]}, tmp_path / "run")
+    assert set(report["sensitivity"]) == {"fc1", "fc2"}
+    assert report["sensitivity_metric"].startswith("held-out loss")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Sensitivity</h2>" in html

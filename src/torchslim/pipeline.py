@@ -165,10 +165,18 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
 
         export_onnx(ctx.model, task.example_inputs, work / "model.onnx")
     layers = layer_table(ctx.model, task.example_inputs)
-    report = build_report(task.name, task.metric, rows, layers, recipe=recipe.to_dict())
+    report = build_report(task.name, task.metric, rows, layers, recipe=recipe.to_dict(), **_charts(rows))
     write_report(report, work)
     _remove_resume_state(work)
     return report
+
+
+def _charts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sensitivity curves a stage measured (with the name of what they measure) go to the report's chart."""
+    for row in rows:
+        if "sensitivity_metric" in row:
+            return {"sensitivity": row["sensitivity"], "sensitivity_metric": row["sensitivity_metric"]}
+    return {}
 
 
 def _reusable(row_file: Path, work: Path, index: int, steps: list[tuple[str, Any]]) -> bool:

@@ -291,7 +291,7 @@ def _sensitivity_plot(sens: dict, metric: str) -> str:
     ax.set_xlabel("sparsity of the layer", fontsize=9)
     ax.set_ylabel(_tex(metric), fontsize=9)
     ax.legend(fontsize=7, ncol=1 + len(sens) // 12, loc="best")
-    return _png(ax, f"sensitivity: {metric} when pruning one layer alone")
+    return _png(ax, f"sensitivity: {metric} when pruning one layer alone"[:90])
 
 
 # ------------------------------------------------------------------------------------------------- html
@@ -458,13 +458,14 @@ def _extras_section(report: dict) -> str:
     """The recipe and anything else a caller attached, shown verbatim so nothing recorded is hidden."""
     out = []
     if report.get("sensitivity"):
-        b64 = _sensitivity_plot(report["sensitivity"], report["metric"])
+        b64 = _sensitivity_plot(report["sensitivity"], report.get("sensitivity_metric", report["metric"]))
         out += ["<h2>Sensitivity</h2>", _img(b64, "per-layer sensitivity curves")]
     recipe = report.get("recipe")
     if recipe is not None:
         text = recipe if isinstance(recipe, str) else json.dumps(recipe, indent=2, default=str)
         out += ["<h2>Recipe</h2>", f"<pre>{_esc(text)}</pre>"]
-    rest = {k: v for k, v in report.items() if k not in {*REPORT_FIELDS, *_DERIVED, "sensitivity", "recipe"}}
+    shown = {*REPORT_FIELDS, *_DERIVED, "sensitivity", "sensitivity_metric", "recipe"}
+    rest = {k: v for k, v in report.items() if k not in shown}
     if rest:
         text = _esc(json.dumps(rest, indent=2, default=str))
         summary = _esc(", ".join(map(str, rest)))

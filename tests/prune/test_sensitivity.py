@@ -53,7 +53,7 @@ def test_auto_beats_uniform_on_the_tiny_task(tiny_task) -> None:
     curve = report.sensitivity["fc2"]
     assert curve[0][0] == 0.0 and curve[-1][0] == pytest.approx(0.98)
     assert curve[-1][1] > curve[0][1]  # pruning the classifier to 98% costs loss
-    assert set(report.notes()) == {"sparsity", "layer_sparsity", "sensitivity"}
+    assert set(report.notes()) == {"sparsity", "layer_sparsity", "sensitivity", "sensitivity_metric"}
 
 
 def test_scan_restores_the_model_exactly(tiny_task) -> None:

@@ -46,8 +46,12 @@ class PruneReport:
     def notes(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sparsity": round(self.sparsity, 6), "layer_sparsity": self.layer_sparsity}
         if self.sensitivity:
-            out["sensitivity"] = self.sensitivity
+            out.update(sensitivity=self.sensitivity, sensitivity_metric=SENSITIVITY_METRIC)
         return out
+
+
+SENSITIVITY_METRIC = "held-out loss (lower is better)"
+"""What the sensitivity curves measure (see `torchslim.prune.sensitivity.scan`)."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torchslim.config import SparsityConfig
 from torchslim.data import call
 from torchslim.distill.trainer import fit
 from torchslim.errors import UserError
-from torchslim.prune.api import auto_layer_sparsity, prune_unstructured, target_sparsity
+from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_unstructured, target_sparsity
 from torchslim.prune.importance import IMPORTANCE
 from torchslim.prune.masks import harden
 from torchslim.prune.schedule import GradualPruner, iterative_targets
@@ -225,7 +225,11 @@ def _gradual(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: Any
     ctx.callbacks.append(_pruner(ctx, spec, config, data, initial=0.0, layer_sparsity=planned))
     notes: dict[str, Any] = {"schedule": f"gradual to {final} during the next training stage"}
     if planned is not None:
-        notes.update(layer_sparsity=planned, sensitivity={n: [list(p) for p in c] for n, c in curves.items()})
+        notes.update(
+            layer_sparsity=planned,
+            sensitivity={n: [list(p) for p in c] for n, c in curves.items()},
+            sensitivity_metric=SENSITIVITY_METRIC,
+        )
     ctx.note(**notes)
 
 
