@@ -6,27 +6,40 @@ A recipe is `model`, optional `task`, a list of `stages` (each a one-key mapping
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from torchslim.config import BaseConfig
 from torchslim.errors import UserError
 from torchslim.registry import Registry
 
 Loc = tuple[str | int, ...]
+C = TypeVar("C", bound="BaseConfig")
 
 
 class StageSpec(BaseModel):
     """Base of every stage's block: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def config_of(self, cls: type[C]) -> C:
+        """The config dataclass `cls` filled from this block's fields of the same names."""
+        return cls(
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(cls)
+                if f.name in type(self).model_fields
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -67,18 +67,7 @@ class ChannelSpec(StageSpec):
         return self
 
     def config(self) -> ChannelConfig:
-        fields = (
-            "ratio",
-            "macs_target",
-            "latency_target",
-            "importance",
-            "scope",
-            "round_to",
-            "include",
-            "exclude",
-            "soft",
-        )
-        return ChannelConfig(**{f: getattr(self, f) for f in fields})
+        return self.config_of(ChannelConfig)
 
 
 @register_prune_kind("channel", ChannelSpec)

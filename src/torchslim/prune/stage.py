@@ -150,18 +150,7 @@ class UnstructuredSpec(StageSpec):
         return self
 
     def config(self) -> SparsityConfig:
-        fields = (
-            "sparsity",
-            "threshold",
-            "retain",
-            "importance",
-            "scope",
-            "allocation",
-            "include",
-            "exclude",
-            "soft",
-        )
-        return SparsityConfig(**{f: getattr(self, f) for f in fields})
+        return self.config_of(SparsityConfig)
 
 
 @register_stage("prune", PruneSpec)
