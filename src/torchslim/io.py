@@ -66,6 +66,8 @@ class Record:
 
     source: dict[str, Any] | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Files the source needs (an imported graph's structure), written beside the manifest."""
 
 
 def record_of(model: nn.Module) -> Record:
@@ -76,10 +78,23 @@ def record_of(model: nn.Module) -> Record:
     return rec
 
 
-def set_source(model: nn.Module, kind: str, **params: Any) -> nn.Module:
-    """Record how to rebuild `model`'s bare architecture: `set_source(m, "factory", target="pkg.mod:fn")`."""
+def set_source(
+    model: nn.Module, kind: str, *, files: dict[str, bytes] | None = None, **params: Any
+) -> nn.Module:
+    """Record how to rebuild `model`'s bare architecture: `set_source(m, "factory", target="pkg.mod:fn")`.
+
+    `files` are saved beside the manifest; a source parameter `file` naming one of them reaches the
+    source's builder on load as the path of that file inside the saved directory.
+    """
     SOURCES.get(kind)
-    record_of(model).source = {"kind": kind, **params}
+    for name in files or {}:
+        if Path(name).name != name or name in (MANIFEST, WEIGHTS):
+            raise ValueError(
+                f"source file name {name!r} must be a plain file name other than {MANIFEST}/{WEIGHTS}"
+            )
+    rec = record_of(model)
+    rec.source = {"kind": kind, **params}
+    rec.files = dict(files or {})
     return model
 
 
@@ -218,6 +233,8 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
     }
     with temp_dir_beside(path) as tmp:
         save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        for name, content in rec.files.items():
+            (tmp / name).write_bytes(content)
         # compact: the manifest counts in size_bytes
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
         replace_dir(tmp, path)
@@ -274,6 +291,7 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     kind = source.pop("kind", None)
     if kind not in SOURCES:
         raise ManifestError(f"{path / MANIFEST}: {SOURCES.unknown_message(kind)}")
+    files = _source_files(path, source)
     model = SOURCES.get(kind)(**source)
     for step in manifest["transforms"]:
         model = TRANSFORMS.get(step["name"])(model, step.get("params", {}))
@@ -291,7 +309,20 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     rec = record_of(model)
     rec.source = manifest["source"]
     rec.transforms = list(manifest["transforms"])
+    rec.files = files
     return model.eval()
+
+
+def _source_files(path: Path, source: dict[str, Any]) -> dict[str, bytes]:
+    """Resolve the source's `file` parameter inside the saved directory (never outside it)."""
+    name = source.get("file")
+    if name is None:
+        return {}
+    file = path / str(name)
+    if Path(str(name)).name != name or not file.is_file():
+        raise ManifestError(f"{path}: source file {name!r} named in {MANIFEST} is missing")
+    source["file"] = str(file)
+    return {str(name): file.read_bytes()}
 
 
 def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

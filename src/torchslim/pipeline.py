@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim import atomic, io, zoo
+from torchslim import atomic, interop, io, zoo
 from torchslim.atomic import replace_dir
 from torchslim.distill import distributed
 from torchslim.errors import UserError
@@ -70,17 +70,20 @@ class Context:
 
 
 def resolve_model(spec: str) -> nn.Module:
-    """`zoo:NAME`, a saved model directory, or `package.module:factory`."""
+    """`zoo:NAME`, a saved model directory, a model file of another framework, or `package.module:factory`."""
     if spec.startswith("zoo:"):
         return zoo.get(spec[4:]).model()
     path = Path(spec)
-    if path.suffix == ".onnx":
-        raise UserError(f"model {spec!r}: ONNX import is not supported yet")
+    if path.suffix in interop.IMPORTERS:
+        return interop.import_model(path)
     if path.is_dir():
         return io.load(path)
     if ":" in spec and "/" not in spec:
         return io.SOURCES.get("factory")(target=spec)
-    raise UserError(f"model {spec!r}: not zoo:NAME, a saved model directory, or package.module:factory")
+    raise UserError(
+        f"model {spec!r}: not zoo:NAME, a saved model directory, a model file "
+        f"({', '.join(interop.IMPORTERS.names())}), or package.module:factory"
+    )
 
 
 def resolve_task(recipe_task: str | None, model: nn.Module) -> Task:
@@ -160,10 +163,9 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
     final_dir = stage_dirs[-1]
     shutil.rmtree(work / "model", ignore_errors=True)
     shutil.copytree(final_dir, work / "model", copy_function=_link_or_copy)
-    if "onnx" in recipe.output.formats:
-        from torchslim.export import export_onnx
-
-        export_onnx(ctx.model, task.example_inputs, work / "model.onnx")
+    for fmt in recipe.output.formats:
+        if fmt != "torchslim":
+            interop.EXPORTERS.get(fmt)(ctx.model, task.example_inputs, work)
     layers = layer_table(ctx.model, task.example_inputs)
     report = build_report(task.name, task.metric, rows, layers, recipe=recipe.to_dict(), **_charts(rows))
     write_report(report, work)

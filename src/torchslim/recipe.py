@@ -13,10 +13,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from torchslim.config import BaseConfig
 from torchslim.errors import UserError
@@ -62,10 +62,20 @@ def register_stage(name: str, spec: type[StageSpec]) -> Callable[[Callable[..., 
     return add
 
 
+def _known_format(fmt: str) -> str:
+    from torchslim.interop import EXPORTERS
+
+    if fmt != "torchslim" and fmt not in EXPORTERS:
+        known = ", ".join(["torchslim", *EXPORTERS.names()])
+        raise ValueError(f"unknown output format {fmt!r} (known: {known})")
+    return fmt
+
+
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    formats: list[Literal["torchslim", "onnx"]] = ["torchslim"]
-    """Artifacts written for the final model: `torchslim` (OUT/model/) and `onnx` (OUT/model.onnx)."""
+    formats: list[Annotated[str, AfterValidator(_known_format)]] = ["torchslim"]
+    """Artifacts written for the final model: `torchslim` (OUT/model/, always written), `onnx`
+    (OUT/model.onnx), `keras` (OUT/model.keras); the interop EXPORTERS registry lists them."""
 
 
 class RecipeHead(BaseModel):

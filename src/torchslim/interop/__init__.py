@@ -1,0 +1,52 @@
+"""Models from other frameworks: importers keyed by file suffix, rebuild sources for `ts.load`, and
+exporters keyed by output format. Each converter module imports its framework only when used."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim.errors import UserError
+from torchslim.io import SOURCES
+from torchslim.registry import Registry
+
+Importer = Callable[[Path], nn.Module]
+Exporter = Callable[[nn.Module, Any, Path], Path]
+
+IMPORTERS: Registry[Importer] = Registry("model file type")
+"""File suffix → function that reads the file into a torch module (with its source recorded)."""
+EXPORTERS: Registry[Exporter] = Registry("output format")
+"""Output format → function(model, example_inputs, out_dir) writing `OUT/model.<ext>`."""
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__name__ = attr
+    return call
+
+
+IMPORTERS.register(".onnx", _lazy("torchslim.interop.onnx_import", "import_onnx"))
+IMPORTERS.register(".keras", _lazy("torchslim.interop.keras", "import_keras"))
+SOURCES.register("onnx", _lazy("torchslim.interop.onnx_import", "build_from_structure"))
+SOURCES.register("keras", _lazy("torchslim.interop.keras", "build_from_config"))
+EXPORTERS.register("onnx", _lazy("torchslim.interop.outputs", "write_onnx"))
+EXPORTERS.register("keras", _lazy("torchslim.interop.keras", "write_keras"))
+
+
+def import_model(path: str | Path) -> nn.Module:
+    """Read a model file of another framework (`.onnx`, `.keras`) into a torch module."""
+    path = Path(path)
+    if path.suffix not in IMPORTERS:
+        raise UserError(f"model {str(path)!r}: {IMPORTERS.unknown_message(path.suffix)}")
+    if not path.is_file():
+        raise UserError(f"model {str(path)!r}: no such file")
+    return IMPORTERS.get(path.suffix)(path)
+
+
+__all__ = ["EXPORTERS", "IMPORTERS", "import_model"]
