@@ -59,6 +59,15 @@ CASES: dict[str, tuple[list[Any], dict[str, list[int]], dict[str, np.ndarray], i
         {"w": _rand(6, 2, 3, 3), "b": _rand(6)},
         17,
     ),
+    "auto_pad SAME_UPPER conv, SAME_LOWER max pool": (
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_UPPER", strides=[2, 2]),
+            helper.make_node("MaxPool", ["c"], ["y"], auto_pad="SAME_LOWER", kernel_shape=[2, 2]),
+        ],
+        {"x": [2, 3, 9, 8]},
+        {"w": _rand(4, 3, 4, 4)},
+        17,
+    ),
     "gemm transB=0 alpha beta": (
         [helper.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=0.5, beta=2.0)],
         {"x": [3, 5]},

@@ -36,15 +36,43 @@ def _param(array: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.array(array, dtype=np.float32)))
 
 
-def _spatial_pads(b: Builder, attrs: dict[str, Any], dims: int) -> tuple[list[int], list[int] | None]:
+def _spatial_pads(
+    b: Builder, attrs: dict[str, Any], kernel: list[int], input_name: str
+) -> tuple[list[int], list[int] | None]:
     """Symmetric padding per spatial dim, or the explicit F.pad list when begin and end differ."""
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
-        b.fail(f"auto_pad={attrs['auto_pad']!r} is not supported; export with explicit pads")
-    pads = list(attrs.get("pads", [0] * (2 * dims)))
-    begin, end = pads[:dims], pads[dims:]
+    dims = len(kernel)
+    auto = _text(attrs.get("auto_pad", "NOTSET"))
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = _same_pads(b, attrs, kernel, input_name, upper=auto == "SAME_UPPER")
+    elif auto in ("NOTSET", "VALID"):
+        pads = list(attrs.get("pads", [0] * (2 * dims))) if auto == "NOTSET" else [0] * (2 * dims)
+        begin, end = pads[:dims], pads[dims:]
+    else:
+        b.fail(f"auto_pad={auto!r} is not a known value")
     if begin == end:
         return begin, None
     return [0] * dims, [p for pair in zip(reversed(begin), reversed(end), strict=True) for p in pair]
+
+
+def _same_pads(
+    b: Builder, attrs: dict[str, Any], kernel: list[int], input_name: str, *, upper: bool
+) -> tuple[list[int], list[int]]:
+    """auto_pad SAME_*: output size ceil(input / stride), the odd pixel at the end (UPPER) or start."""
+    dims = len(kernel)
+    shape = b.shape(input_name)
+    spatial = shape[2:] if shape is not None else None
+    if spatial is None or len(spatial) != dims or None in spatial:
+        b.fail("auto_pad SAME_* needs the input's spatial size, which shape inference did not give")
+    strides = list(attrs.get("strides", [1] * dims))
+    dilations = list(attrs.get("dilations", [1] * dims))
+    begin, end = [], []
+    for size, k, stride, dilation in zip(spatial, kernel, strides, dilations, strict=True):
+        assert size is not None
+        total = max((math.ceil(size / stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return begin, end
 
 
 def _nd(kind: str, dims: int, b: Builder) -> Any:
@@ -61,7 +89,7 @@ def conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
     weight = b.const(node.input[1])
     bias = b.optional_const(2)
     dims = weight.ndim - 2
-    padding, explicit = _spatial_pads(b, a, dims)
+    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
     groups = int(a.get("group", 1))
     layer = _nd("Conv", dims, b)(
         weight.shape[1] * groups,
@@ -88,9 +116,9 @@ def conv_transpose(b: Builder, node: onnx.NodeProto) -> fx.Node:
     weight = b.const(node.input[1])
     bias = b.optional_const(2)
     dims = weight.ndim - 2
-    padding, explicit = _spatial_pads(b, a, dims)
-    if explicit is not None or "output_shape" in a:
-        b.fail("asymmetric pads or output_shape are not supported")
+    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
+    if explicit is not None or "output_shape" in a or _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        b.fail("asymmetric pads, auto_pad or output_shape are not supported")
     groups = int(a.get("group", 1))
     layer = _nd("ConvTranspose", dims, b)(
         weight.shape[0],
@@ -291,7 +319,7 @@ def pool(b: Builder, node: onnx.NodeProto) -> fx.Node:
     a = b.attrs()
     kernel = list(a["kernel_shape"])
     dims = len(kernel)
-    padding, explicit = _spatial_pads(b, a, dims)
+    padding, explicit = _spatial_pads(b, a, kernel, node.input[0])
     x = b.tensor(node.input[0])
     common = {"stride": tuple(a.get("strides", [1] * dims)), "ceil_mode": bool(a.get("ceil_mode", 0))}
     if node.op_type == "MaxPool":
