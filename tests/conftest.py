@@ -69,7 +69,9 @@ class TinyDigits(Task):
     def example_inputs(self) -> torch.Tensor:
         return self._data[2][:16]
 
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> Iterable[Any]:
+    def train_loader(
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+    ) -> Iterable[Any]:
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(
             TensorDataset(*self._data[:2]), batch_size=batch_size or 128, shuffle=True, generator=gen

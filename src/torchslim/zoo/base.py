@@ -62,7 +62,10 @@ class Task(abc.ABC):
         """A batch of inputs for tracing and timing."""
 
     @abc.abstractmethod
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> Iterable[Any]: ...
+    def train_loader(
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+    ) -> Iterable[Any]:
+        """Shuffled training batches; `augment` applies the task's train-time augmentation, if any."""
 
     @abc.abstractmethod
     def test_loader(self, batch_size: int | None = None) -> Iterable[Any]: ...
@@ -70,7 +73,7 @@ class Task(abc.ABC):
     def calibration_loader(self, batches: int = 8, batch_size: int | None = None) -> list[Any]:
         """A few training batches in a fixed order, for calibration and importance statistics."""
         out = []
-        for i, batch in enumerate(self.train_loader(batch_size=batch_size, seed=1234)):
+        for i, batch in enumerate(self.train_loader(batch_size=batch_size, seed=1234, augment=False)):
             if i >= batches:
                 break
             out.append(batch)

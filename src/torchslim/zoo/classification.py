@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -16,6 +16,26 @@ from torchslim.metrics.latency import threads
 from torchslim.zoo.base import Task
 
 
+class _Augmented:
+    """Batches of a loader with `augment(x, gen)` applied to the inputs, reproducibly per seed."""
+
+    def __init__(
+        self,
+        loader: DataLoader[Any],
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        seed: int,
+    ) -> None:
+        self.loader, self.augment, self.seed = loader, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed + 7919)  # a stream apart from the shuffle's
+        for x, y in self.loader:
+            yield self.augment(x, gen), y
+
+
 class ClassificationTask(Task):
     """`data` holds `x_train`, `y_train`, `x_test`, `y_test`; the metric is top-1 accuracy."""
 
@@ -26,10 +46,21 @@ class ClassificationTask(Task):
     @abc.abstractmethod
     def data(self) -> dict[str, torch.Tensor]: ...
 
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> DataLoader[Any]:
+    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Train-time augmentation of a batch of inputs: none unless a task defines it."""
+        return x
+
+    def train_loader(
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+    ) -> Iterable[Any]:
+        """Shuffled training batches, augmented as the baseline was trained: recovery after
+        compression then learns from the distribution the baseline learned from."""
         ds = TensorDataset(self.data["x_train"], self.data["y_train"])
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(ds, batch_size=batch_size or self.train_batch, shuffle=True, generator=gen)
+        loader = DataLoader(ds, batch_size=batch_size or self.train_batch, shuffle=True, generator=gen)
+        if not augment or type(self).augment is ClassificationTask.augment:
+            return loader
+        return _Augmented(loader, self.augment, seed)
 
     def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
         ds = TensorDataset(self.data["x_test"], self.data["y_test"])
@@ -62,12 +93,12 @@ class ClassificationTask(Task):
         """
         with threads(1):
             torch.manual_seed(0)
-            steps = epochs * len(list(self.train_loader()))
+            steps = epochs * len(list(self.train_loader(augment=False)))
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
             model.train()
             for epoch in range(epochs):
-                for x, y in self.train_loader(seed=epoch):
+                for x, y in self.train_loader(seed=epoch, augment=False):
                     opt.zero_grad()
                     self.loss(model(augment(x) if augment else x), y).backward()
                     opt.step()

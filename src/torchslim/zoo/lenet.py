@@ -86,10 +86,13 @@ class LeNetDigits(ClassificationTask):
             "y_test": labels[idx_test],
         }
 
+    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return _random_shift(x, gen)
+
     def train_baseline(self, model: nn.Module) -> None:
         """Adam (AdamW without decay), one-cycle schedule, small random shifts; see `fit_classifier`."""
         gen = torch.Generator().manual_seed(0)
-        self.fit_classifier(model, epochs=EPOCHS, lr=LR, augment=lambda x: _random_shift(x, gen))
+        self.fit_classifier(model, epochs=EPOCHS, lr=LR, augment=lambda x: self.augment(x, gen))
 
 
 if __name__ == "__main__":  # quick measurement: python -m torchslim.zoo.lenet

@@ -157,7 +157,9 @@ class MiniLM(Task):
             ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=_collate
         )
 
-    def train_loader(self, batch_size: int | None = None, seed: int = 0) -> DataLoader[Any]:
+    def train_loader(
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+    ) -> DataLoader[Any]:
         """Batches `((input_ids, attention_mask), reference_embedding)` for distillation and calibration."""
         return self._loader("train", batch_size or TRAIN_BATCH, torch.Generator().manual_seed(seed))
 
