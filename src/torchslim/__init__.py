@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "distill",
     "export_onnx",
+    "interop",
     "load",
     "make_permanent",
     "measure",
