@@ -134,6 +134,18 @@ def test_deepcopy_keeps_masks_and_outputs(lenet) -> None:
     assert torch.count_nonzero(lenet.fc1.weight) == 80_000
 
 
+def test_changing_masks_on_a_deepcopy_leaves_the_original_working(lenet) -> None:
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=("fc1",)))
+    x = torch.randn(2, 1, 28, 28)
+    expected = lenet(x)
+    folded, extended = copy.deepcopy(lenet), copy.deepcopy(lenet)
+    make_permanent(folded)  # torch deletes the masked property from the (shared) generated class
+    set_mask(extended.fc1, "bias", torch.ones(500, dtype=torch.bool), soft=False)
+    torch.testing.assert_close(lenet(x), expected)
+    torch.testing.assert_close(folded(x), expected)
+    assert get_mask(lenet.fc1, "bias") is None and not hasattr(type(lenet.fc1), "bias")
+
+
 def test_recurrent_attention_and_embedding_masks_change_outputs_as_masked_weights_would() -> None:
     torch.manual_seed(0)
     lstm, attn, emb = nn.LSTM(4, 6), nn.MultiheadAttention(8, 2), nn.Embedding(10, 4)

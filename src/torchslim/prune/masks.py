@@ -107,12 +107,26 @@ def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Mask]]:
                     yield name, module, param, mask
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its parametrizations change.
+
+    torch keeps a parametrized tensor as a property of a generated class (`ParametrizedLinear`), and
+    a deepcopy shares that class: adding or removing a parametrization on one copy would add or
+    delete the property under the other (seen: `make_permanent` on a copy broke the original).
+    """
+    if parametrize.is_parametrized(module):
+        cls = type(module)
+        own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        module.__class__ = type(cls.__name__, cls.__bases__, own)
+
+
 def set_mask(module: nn.Module, param: str, keep: torch.Tensor, soft: bool) -> bool:
     """Attach or update the mask of `module.param`; returns True when a new mask was attached."""
     mask = get_mask(module, param)
     changed = mask is None
     if mask is None:
         mask = Mask(keep, soft)
+        _own_class(module)
         parametrize.register_parametrization(module, param, mask)
     else:
         mask.mask.copy_(keep)
@@ -159,6 +173,7 @@ def make_permanent(model: nn.Module) -> int:
         with torch.no_grad():
             params.original.mul_(mask.mask)
         if len(params) == 1:
+            _own_class(module)
             parametrize.remove_parametrizations(module, param, leave_parametrized=False)
         else:
             del params[0]
@@ -191,6 +206,7 @@ def _replay_masks(model: nn.Module, params: dict[str, Any]) -> nn.Module:
         mask = get_mask(module, param)
         if mask is None:
             weight = getattr(module, param)
+            _own_class(module)
             parametrize.register_parametrization(
                 module, param, Mask(torch.ones_like(weight, dtype=torch.bool))
             )
@@ -207,6 +223,7 @@ def _replay_fold(model: nn.Module, params: dict[str, Any]) -> nn.Module:
         if get_mask(module, param) is not None:
             chain = plist(module, param)
             if len(chain) == 1:
+                _own_class(module)
                 parametrize.remove_parametrizations(module, param, leave_parametrized=False)
             else:
                 del chain[0]
