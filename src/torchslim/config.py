@@ -223,12 +223,20 @@ class DistillConfig(BaseConfig):
     """Seed for data order and initialisation."""
     features: tuple[str, ...] = ()
     """Pairs `student_layer:teacher_layer` whose activations are matched (FitNets)."""
+    attention: tuple[str, ...] = ()
+    """Pairs `student_layer:teacher_layer` of attention modules whose attention distributions are
+    matched (MiniLM): KL(teacher || student), per head, averaged over heads and real queries; head
+    counts may differ (groups of heads are averaged), sequence lengths may not."""
+    attention_weight: float = 1.0
+    """Weight of the attention term, >= 0; the term is the mean over the `attention` pairs."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "DistillConfig", "temperature", f"must be > 0, got {self.temperature}")
         _fraction("DistillConfig", "alpha", self.alpha, closed=True)
         _check(self.epochs >= 0, "DistillConfig", "epochs", "must be >= 0")
         _check(self.lr > 0, "DistillConfig", "lr", "must be > 0")
+        weight = self.attention_weight
+        _check(weight >= 0, "DistillConfig", "attention_weight", f"must be >= 0, got {weight}")
 
 
 __all__ = ["CONFIGS", "BaseConfig", "ChannelConfig", "DistillConfig", "QuantConfig", "SparsityConfig"]

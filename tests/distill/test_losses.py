@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchslim.distill.losses import Projection, embedding_loss, kd_loss, mixed_loss
+from torchslim.distill.losses import Projection, attention_kl, embedding_loss, kd_loss, mixed_loss
+from torchslim.errors import UserError
 
 
 def test_kd_loss_is_zero_for_equal_logits_and_matches_the_definition() -> None:
@@ -48,3 +49,43 @@ def test_feature_projection_shapes() -> None:
     assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 8, 5, 5)
     lin = Projection(4, 8, spatial_dims=0)
     assert lin(torch.randn(2, 3, 4)).shape == (2, 3, 8)
+
+
+def _maps(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).mul(3).softmax(dim=-1)
+
+
+def test_attention_kl_is_zero_for_equal_maps_and_matches_the_definition() -> None:
+    s, t = _maps(2, 4, 5, 5), _maps(2, 4, 5, 5)
+    assert attention_kl(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    manual = (t * (t.log() - s.log())).sum(-1).mean()
+    assert attention_kl(s, t).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert attention_kl(s, t).item() > 0
+
+
+def test_attention_kl_groups_heads_when_counts_differ() -> None:
+    s, t = _maps(2, 2, 5, 5), _maps(2, 4, 5, 5)
+    grouped = t.reshape(2, 2, 2, 5, 5).mean(dim=2)  # teacher heads (0, 1) -> student head 0, (2, 3) -> 1
+    assert attention_kl(s, t).item() == pytest.approx(attention_kl(s, grouped).item(), rel=1e-6)
+    assert attention_kl(grouped, t).item() == pytest.approx(0.0, abs=1e-6)
+    coprime = _maps(2, 3, 5, 5)  # gcd 1: head-averaged maps
+    assert attention_kl(coprime, t).item() == pytest.approx(
+        attention_kl(coprime.mean(1, keepdim=True), t.mean(1, keepdim=True)).item(), rel=1e-6
+    )
+
+
+def test_attention_kl_ignores_padded_queries_and_survives_zero_probabilities() -> None:
+    s, t = _maps(2, 2, 4, 4), _maps(2, 2, 4, 4)
+    valid = torch.tensor([[True] * 4, [True, True, False, False]])
+    changed = s.clone()
+    changed[1, :, 2:] = _maps(2, 2, 4)  # only padded query rows differ
+    assert attention_kl(changed, t, valid).item() == pytest.approx(attention_kl(s, t, valid).item(), rel=1e-6)
+    zeros = s.clone().requires_grad_()
+    loss = attention_kl(zeros * torch.tensor([1.0, 1.0, 1.0, 0.0]), t)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zeros.grad).all()  # type: ignore[arg-type]
+
+
+def test_attention_kl_needs_equal_lengths() -> None:
+    with pytest.raises(UserError, match=r"sequence length: student \(1, 2, 4, 4\), teacher \(1, 2, 5, 5\)"):
+        attention_kl(_maps(1, 2, 4, 4), _maps(1, 2, 5, 5))

@@ -1,9 +1,10 @@
-"""`ts.distill`: train a student on a teacher's softened outputs (and, optionally, its features)."""
+"""`ts.distill`: train a student on a teacher's softened outputs (optionally its features and attention)."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 
 from torchslim.config import DistillConfig
 from torchslim.data import call, split
-from torchslim.distill.losses import SOFT_LOSSES, Projection, mixed_loss
+from torchslim.distill.attention import AttentionCapture, AttentionMap
+from torchslim.distill.losses import SOFT_LOSSES, Projection, attention_kl, mixed_loss
 from torchslim.distill.trainer import Progress, _no_progress, fit
 from torchslim.errors import UserError
 
@@ -25,15 +27,11 @@ class _Capture:
     """Forward hooks that keep the latest output of named modules."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], role: str) -> None:
-        modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = []
-        for name in names:
-            if name not in modules:
-                close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-                hint = f"; close matches: {', '.join(close)}" if close else ""
-                raise UserError(f"DistillConfig.features: the {role} has no layer {name!r}{hint}")
-            self.handles.append(modules[name].register_forward_hook(self._hook(name)))
+        self.handles = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in _layers(model, names, role, "features").items()
+        ]
 
     def _hook(self, name: str) -> Callable[..., None]:
         def keep(module: nn.Module, args: Any, output: Any) -> None:
@@ -46,26 +44,42 @@ class _Capture:
             handle.remove()
 
 
+def _layers(model: nn.Module, names: Sequence[str], role: str, field: str) -> dict[str, nn.Module]:
+    """The named modules; an unknown name is a UserError with the closest names."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise UserError(f"DistillConfig.{field}: the {role} has no layer {name!r}{hint}")
+    return {name: modules[name] for name in names}
+
+
+def _attention(model: nn.Module, names: Sequence[str], role: str) -> AttentionCapture:
+    return AttentionCapture(_layers(model, names, role, "attention"))
+
+
 class _Student(nn.Module):
     """The student plus the learned feature projections, so the optimizer (and DDP) trains both.
 
-    `forward(inputs)` returns the student's output and its captured features, projected to the
-    teacher's widths.
+    `forward(inputs)` returns the student's output, its captured features (projected to the
+    teacher's widths) and its attention maps, all computed inside the forward that DDP sees.
     """
 
-    def __init__(self, student: nn.Module, capture: _Capture) -> None:
+    def __init__(self, student: nn.Module, capture: _Capture, attention: AttentionCapture) -> None:
         super().__init__()
         self.student = student
         self.projections = nn.ModuleDict()
         self._capture = capture
+        self._attention = attention
 
-    def forward(self, inputs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    def forward(self, inputs: Any) -> tuple[Any, dict[str, torch.Tensor], dict[str, AttentionMap]]:
         out = call(self.student, inputs)
         feats = {}
         for name, value in self._capture.outputs.items():
             key = _key(name)
             feats[name] = self.projections[key](value) if key in self.projections else value
-        return out, feats
+        return out, feats, dict(self._attention.maps)
 
 
 class _ForStudent:
@@ -87,12 +101,12 @@ class _ForStudent:
         self.callback.after_epoch(self.student, epoch)
 
 
-def _pairs(features: Sequence[str]) -> list[tuple[str, str]]:
+def _pairs(items: Sequence[str], field: str = "features") -> list[tuple[str, str]]:
     pairs = []
-    for item in features:
+    for item in items:
         s, sep, t = item.partition(":")
         if not sep or not s or not t:
-            raise UserError(f"DistillConfig.features: {item!r} must look like 'student_layer:teacher_layer'")
+            raise UserError(f"DistillConfig.{field}: {item!r} must look like 'student_layer:teacher_layer'")
         pairs.append((s, t))
     return pairs
 
@@ -130,26 +144,33 @@ def distill(
 
     `train_loader` yields `(inputs, target)` batches (or is `loader(epoch)`); `outputs` picks the
     soft loss (`logits` or `embedding`); `hard_loss(output, target)` is the label term weighted by
-    `1 - alpha` (None: distillation only). Bad shapes and layer names fail before any training.
+    `1 - alpha` (None: distillation only). Feature (`config.features`) and attention-map
+    (`config.attention`) terms are added to it. Bad shapes and layer names fail before any training.
     """
     soft = SOFT_LOSSES.get(outputs)
     loader = train_loader if callable(train_loader) else (lambda epoch: train_loader)
-    pairs = _pairs(config.features)
-    s_cap = _Capture(student, [s for s, _ in pairs], "student")
-    t_cap = _Capture(teacher, [t for _, t in pairs], "teacher")
-    wrapper = _Student(student, s_cap)
+    pairs, att_pairs = _pairs(config.features), _pairs(config.attention, "attention")
     teacher.eval()
-    try:
+    with ExitStack() as hooks:
+        s_cap = hooks.enter_context(closing(_Capture(student, [s for s, _ in pairs], "student")))
+        t_cap = hooks.enter_context(closing(_Capture(teacher, [t for _, t in pairs], "teacher")))
+        s_att = hooks.enter_context(closing(_attention(student, [s for s, _ in att_pairs], "student")))
+        t_att = hooks.enter_context(closing(_attention(teacher, [t for _, t in att_pairs], "teacher")))
+        hooks.callback(student.eval)
+        wrapper = _Student(student, s_cap, s_att)
         _check_and_build(wrapper, teacher, next(iter(loader(0))), pairs, s_cap, t_cap)
+        _check_attention(att_pairs, s_att, t_att)
 
         def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
             with torch.no_grad():
                 t_out = call(teacher, inputs)
-            s_out, feats = model(inputs)  # through DDP when distributed
+            s_out, feats, maps = model(inputs)  # through DDP when distributed
             hard = hard_loss(s_out, target) if hard_loss is not None and target is not None else None
             loss = mixed_loss(soft(s_out, t_out, config.temperature), hard, config.alpha)
             for s, t in pairs:
                 loss = loss + F.mse_loss(feats[s], t_cap.outputs[t])
+            if att_pairs:
+                loss = loss + config.attention_weight * _attention_loss(maps, t_att.maps, att_pairs)
             return loss
 
         return fit(
@@ -164,10 +185,36 @@ def distill(
             checkpoint=checkpoint,
             progress=progress,
         )
-    finally:
-        s_cap.close()
-        t_cap.close()
-        student.eval()
+
+
+def attention_gap(student: nn.Module, teacher: nn.Module, inputs: Any, attention: Sequence[str]) -> float:
+    """The attention term of `ts.distill` (mean KL over the `student_layer:teacher_layer` pairs) on
+    one batch of `inputs`, without training: to measure how far the student's attention is from the
+    teacher's. The models run in their current mode (use eval mode for a deterministic number)."""
+    pairs = _pairs(attention, "attention")
+    with ExitStack() as hooks:
+        s_att = hooks.enter_context(closing(_attention(student, [s for s, _ in pairs], "student")))
+        t_att = hooks.enter_context(closing(_attention(teacher, [t for _, t in pairs], "teacher")))
+        with torch.no_grad():
+            call(student, inputs)
+            call(teacher, inputs)
+            _check_attention(pairs, s_att, t_att)
+            return float(_attention_loss(s_att.maps, t_att.maps, pairs))
+
+
+def _attention_loss(
+    student: dict[str, AttentionMap], teacher: dict[str, AttentionMap], pairs: list[tuple[str, str]]
+) -> torch.Tensor:
+    """Mean over pairs (so the weight does not grow with their number); padding from the teacher's mask."""
+    terms = [
+        attention_kl(student[s].probs, teacher[t].probs, _first(teacher[t].valid, student[s].valid))
+        for s, t in pairs
+    ]
+    return torch.stack(terms).mean()
+
+
+def _first(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    return next((m for m in masks if m is not None), None)
 
 
 def _key(layer: str) -> str:
@@ -195,3 +242,24 @@ def _check_and_build(
         proj = _projection(s_cap.outputs[s], t_cap.outputs[t], modules[s])
         if proj is not None:
             wrapper.projections[_key(s)] = proj
+
+
+def _check_attention(pairs: list[tuple[str, str]], s_att: AttentionCapture, t_att: AttentionCapture) -> None:
+    """After a forward pass of both: every named layer ran, and each pair attends over the same lengths."""
+    for role, capture, names in (
+        ("student", s_att, [s for s, _ in pairs]),
+        ("teacher", t_att, [t for _, t in pairs]),
+    ):
+        missing = [name for name in names if name not in capture.maps]
+        if missing:
+            raise UserError(
+                f"DistillConfig.attention: the {role}'s layer(s) {missing} did not run in a forward pass"
+            )
+    for s, t in pairs:
+        s_shape, t_shape = s_att.maps[s].probs.shape, t_att.maps[t].probs.shape
+        if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
+            raise UserError(
+                f"DistillConfig.attention: student layer {s!r} attends {s_shape[2]} queries over "
+                f"{s_shape[3]} keys, teacher layer {t!r} {t_shape[2]} over {t_shape[3]}; "
+                "sequence lengths must match"
+            )

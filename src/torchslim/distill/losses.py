@@ -6,16 +6,20 @@
 - `embedding`: for sentence encoders, 1 - cosine(student, teacher) (plus MSE, which also matches norms).
 - features (FitNets): MSE between a student layer's activation, projected by a learned 1x1 map when
   widths differ, and the teacher layer's activation.
+- attention (MiniLM's self-attention distribution transfer): KL(teacher || student) between two
+  layers' attention distributions over keys, per head, averaged over heads and real (unpadded) queries.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.errors import UserError
 from torchslim.registry import Registry
 
 SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -43,6 +47,37 @@ def mixed_loss(soft: torch.Tensor, hard: torch.Tensor | None, alpha: float) -> t
     if hard is None or alpha == 1.0:
         return soft
     return alpha * soft + (1.0 - alpha) * hard
+
+
+def attention_kl(
+    student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(teacher || student) of attention maps `[batch, heads, queries, keys]` (rows sum to 1).
+
+    Head counts may differ: both maps are reduced to gcd(H_s, H_t) heads by averaging contiguous
+    groups of heads (an average of distributions is a distribution), so 12 -> 4 heads compares
+    every 3 teacher heads with one student head, and coprime counts compare head-averaged maps.
+    `valid` (`[batch, keys]`, False at padding) drops padded queries from the average; for
+    self-attention a padded key is a padded query.
+    """
+    if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+        raise UserError(
+            f"attention maps differ in batch or sequence length: student {tuple(student.shape)}, "
+            f"teacher {tuple(teacher.shape)} ([batch, heads, queries, keys])"
+        )
+    heads = math.gcd(student.shape[1], teacher.shape[1])
+    s, t = _group_heads(student, heads), _group_heads(teacher, heads)
+    eps = torch.finfo(s.dtype).tiny  # a student probability that underflowed to 0 must not give inf
+    kl = (torch.xlogy(t, t) - torch.xlogy(t, s.clamp_min(eps))).sum(dim=-1).mean(dim=1)  # [batch, queries]
+    if valid is None or kl.shape[1] != valid.shape[1]:
+        return kl.mean()
+    weight = valid.to(kl.dtype)
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _group_heads(maps: torch.Tensor, heads: int) -> torch.Tensor:
+    b, h, q, k = maps.shape
+    return maps if h == heads else maps.reshape(b, heads, h // heads, q, k).mean(dim=2)
 
 
 class Projection(nn.Module):

@@ -67,6 +67,10 @@ class DistillSpec(StageSpec):
     batch_size: int | None = Field(None, ge=1)
     features: list[str] = Field(default_factory=list)
     """`student_layer:teacher_layer` pairs whose activations are matched (FitNets)."""
+    attention: list[str] = Field(default_factory=list)
+    """`student_layer:teacher_layer` pairs of attention modules whose attention maps are matched (MiniLM)."""
+    attention_weight: float = Field(1.0, ge=0)
+    """Weight of the attention-map term (the mean KL over the `attention` pairs)."""
     regularize: RegularizeSpec = RegularizeSpec()
 
 
@@ -81,6 +85,8 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         lr=spec.lr,
         seed=ctx.seed,
         features=tuple(spec.features),
+        attention=tuple(spec.attention),
+        attention_weight=spec.attention_weight,
     )
     task = ctx.task
     regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []
