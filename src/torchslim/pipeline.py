@@ -116,9 +116,9 @@ def run_recipe(
     distributed.init_from_env()
     rank = distributed.rank_and_size()[0]
     work = out.with_name(f".{out.name}.partial" + (f"-rank{rank}" if rank else ""))
-    _prepare(work, recipe, resume)
-    model = resolve_model(recipe.model)
+    model = resolve_model(recipe.model)  # bad input fails here, before anything is written
     task = resolve_task(recipe.task, model)
+    _prepare(work, recipe, resume)
     report = _run(recipe, model, task, work, reporter or Reporter())
     distributed.barrier()
     if rank == 0:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from torchslim.cli import main
 from torchslim.interop import import_model
 from torchslim.interop.onnx_import import STRUCTURE_FILE, convert
 
@@ -290,4 +291,20 @@ def test_recipe_with_onnx_model_needs_a_task(lenet_onnx: Path, tmp_path: Path) -
     recipe = {"model": str(lenet_onnx), "stages": []}
     with pytest.raises(ts.UserError, match="recipe.task: required"):
         ts.run_recipe(recipe, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []  # not even a work directory
+
+
+def test_unsupported_operator_on_the_command_line_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _model(
+        [helper.make_node("TopK", ["x", "k"], ["y", "i"], name="pick")],
+        {"x": [2, 5]},
+        "y",
+        {"k": np.array([2], dtype=np.int64)},
+    )
+    onnx.save(model, tmp_path / "bad.onnx")
+    (tmp_path / "r.yaml").write_text(f"model: {tmp_path / 'bad.onnx'}\ntask: lenet5-digits\nstages: []\n")
+    assert main(["compress", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "cannot convert ONNX operator TopK (node 'pick')" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "r.yaml"]
