@@ -56,3 +56,13 @@ def test_grouped_query_attention() -> None:
 
     q, kv = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
     assert count_macs(GQA(), (q, kv, kv)) == 4 * 6 * 6 * (8 + 8)
+
+
+def test_torch_transformer_layers_are_counted_in_eval_without_grad() -> None:
+    """Their fused eval kernels are invisible to the counter: counting runs with them off."""
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval()
+    x = torch.randn(2, 12, 32)
+    projections = 12 * (4 * 32 * 32 + 2 * 32 * 64)  # per sample: q, k, v, out; feed-forward up, down
+    attention = 2 * 4 * 12 * 12 * 8  # scores and weighted sum, per head
+    assert count_macs(layer, x) == projections + attention
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

@@ -19,7 +19,7 @@ from torchslim.metrics import count_macs
 from torchslim.prune.channel import prune_channels_
 
 CNNS = ["lenet5", "mnist1d-cnn", "resnet-bottleneck", "densenet", "mobilenetv2", "unet"]
-FAST = [*CNNS, "hf-llama"]
+FAST = [*CNNS, "hf-llama", "torch-transformer"]
 
 
 def output(y: Any) -> torch.Tensor:

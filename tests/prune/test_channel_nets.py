@@ -146,6 +146,20 @@ class UNet(nn.Module):
         return self.out(self.dec1(torch.cat([self.up1(d2), e1], 1)))
 
 
+class TorchTransformer(nn.Module):
+    """torch's own transformer: embedding, nn.TransformerEncoder (batch-first layers), mean-pooled head."""
+
+    def __init__(self, d_model: int = 32, nhead: int = 4, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(64, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, nhead, 2 * d_model, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=True)
+        self.head = nn.Linear(d_model, 10)
+
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens), src_key_padding_mask=padding).mean(1))
+
+
 def lenet5() -> nn.Module:
     from torchslim.zoo.lenet import LeNet5
 
@@ -236,6 +250,7 @@ NETS: dict[str, tuple[Callable[[], nn.Module], Any]] = {
     "densenet": (DenseNet, IMAGE),
     "mobilenetv2": (MobileNetV2, IMAGE),
     "unet": (UNet, IMAGE),
+    "torch-transformer": (TorchTransformer, TOKENS),
     "hf-resnet": (_hf("hf-resnet"), IMAGE),
     "hf-convnext": (_hf("hf-convnext"), IMAGE),
     "hf-mobilenetv2": (_hf("hf-mobilenetv2"), IMAGE),

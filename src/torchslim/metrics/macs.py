@@ -58,12 +58,18 @@ def _total_flops(model: nn.Module, inputs: Any) -> int:
 
 
 def _run(model: nn.Module, inputs: Any, counter: FlopCounterMode) -> None:
+    """One eval forward under the counter, torch's fused transformer kernels off: in eval without grad
+    nn.MultiheadAttention / nn.TransformerEncoderLayer call `_native_multi_head_attention` and
+    `_transformer_encoder_layer_fwd`, which the counter does not see (a dense layer would count ~0)."""
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), counter:
             call(model, inputs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
 
 

@@ -14,6 +14,7 @@ from torchslim.prune import codecs as codecs
 from torchslim.prune.api import PRUNERS, PruneReport, prune_, prune_unstructured
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, elementwise, register_importance
 from torchslim.prune.masks import Mask, harden, iter_masks, make_permanent
+from torchslim.prune.mha import PrunedMultiheadAttention
 from torchslim.prune.regularize import Regularizer
 from torchslim.prune.schedule import GradualPruner, cubic_sparsity, iterative_targets
 from torchslim.prune.sensitivity import allocate, scan
@@ -28,6 +29,7 @@ __all__ = [
     "LayerKind",
     "Mask",
     "PruneReport",
+    "PrunedMultiheadAttention",
     "Regularizer",
     "Target",
     "allocate",

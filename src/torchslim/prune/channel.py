@@ -23,9 +23,18 @@ from torchslim.config import ChannelConfig
 from torchslim.errors import UserError
 from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.macs import count_macs
+from torchslim.prune import torch_blocks as torch_blocks  # registers torch.nn's transformer blocks
 from torchslim.prune.graph import Graph, Key, build_graph
 from torchslim.prune.group_importance import Context, LossFn, group_scores
-from torchslim.prune.heads import block_groups, block_paths, fix_blocks, sync_config
+from torchslim.prune.heads import (
+    block_cuts,
+    block_groups,
+    block_paths,
+    fix_blocks,
+    note_cuts,
+    replace_blocks,
+    sync_config,
+)
 from torchslim.prune.layers import _select, prune_module, rule_of
 from torchslim.prune.soft import SoftChannelPruner
 from torchslim.prune.transform import record_prune, snapshot
@@ -83,8 +92,14 @@ def plan_for(graph: Graph, scores: list[np.ndarray], ratio: float, config: Chann
 
 
 def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, Any]:
-    """Cut `model` in place; returns the `channel_prune` transform parameters."""
+    """Cut `model` in place; returns the `channel_prune` transform parameters.
+
+    Blocks that cannot hold fewer units are swapped first, and the snapshot taken after the swap, so
+    the record is what replaying the swap on a fresh model (`replace`) and then the shapes rebuilds."""
+    cuts = block_cuts(graph.groups, plan)
+    replaced = replace_blocks(model, cuts)
     before = snapshot(model)
+    note_cuts(model, cuts)
     for (path, role), keep in graph.keep(plan).items():
         if role.startswith("param"):
             owner, _, name = path.rpartition(".")
@@ -92,7 +107,8 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, Any]:
         else:
             prune_module(model.get_submodule(path), role, keep)
     fix_blocks(model)
-    return record_prune(model, before)
+    record = record_prune(model, before)
+    return {"replace": replaced, **record} if replaced else record
 
 
 def _cost(model: nn.Module, example_inputs: Any, metric: str) -> float:

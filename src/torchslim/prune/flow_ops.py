@@ -208,9 +208,12 @@ def _bind_param(an: Analyzer, a: fx.Node, lead: np.ndarray) -> None:
         "unsqueeze",
     ):
         node = node.args[0]  # type: ignore[assignment]
-    value = an.value(node)
+    if node.op != "get_attr":  # (the interpreter has freed the values of nodes we walked past)
+        an.freeze(lead)
+        return
+    value = an.fetch_attr(str(node.target))
     dims = [d for d, s in enumerate(getattr(value, "shape", ())) if s == len(lead)]
-    if node.op == "get_attr" and len(dims) == 1 and value.numel() == len(lead):
+    if len(dims) == 1 and value.numel() == len(lead):
         an.record((str(node.target), f"param{dims[0]}"), lead)
     else:
         an.freeze(lead)
@@ -331,8 +334,11 @@ def reduce(an: Analyzer, n: fx.Node, out: Any) -> Out:
     return Chan(c.ids, c.dim if keep else c.dim - sum(1 for d in dims if d < c.dim))
 
 
-@register("MultiheadAttention", "LSTM", "GRU", "RNN", "PReLU")
+@register("MultiheadAttention", "PrunedMultiheadAttention", "LSTM", "GRU", "RNN", "PReLU")
+@register("Transformer", "TransformerEncoder", "TransformerDecoder")
+@register("TransformerEncoderLayer", "TransformerDecoderLayer")
 def opaque_module(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    """Known modules we do not cut: their inputs' channels are left alone."""
+    """Known modules whose inputs' channels are left alone (the residual stream of torch's transformer
+    layers stays whole; their heads and feed-forward sizes are cut as blocks, `torch_blocks.py`)."""
     an.freeze_args(n)
     return None

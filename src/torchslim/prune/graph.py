@@ -56,6 +56,8 @@ class Group:
     positions: dict[Key, np.ndarray]
     unit_channels: int = 1
     """Channels per unit in the group's producing layer (heads: head_dim; GroupNorm: group size)."""
+    block: bool = False
+    """Made by a registered transformer block (`heads.py`); `name` is then the block's module path."""
 
 
 @dataclass

@@ -59,7 +59,8 @@ def tensors_of(ctx: Context, key: Key) -> dict[str, tuple[torch.Tensor, int]]:
     path, role = key
     if role.startswith("param"):
         owner, _, name = path.rpartition(".")
-        return {name: (getattr(ctx.model.get_submodule(owner), name).detach(), int(role[5:]))}
+        # the tensor itself, not a detached view: `taylor` finds its gradients by identity
+        return {name: (getattr(ctx.model.get_submodule(owner), name), int(role[5:]))}
     module = ctx.model.get_submodule(path)
     rule = rule_of(module)
     assert rule is not None

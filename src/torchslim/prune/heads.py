@@ -7,7 +7,8 @@ rows go with the down projection's columns. A `BlockRule` lists those tensor sid
 every position, and fixes the module's head-count attributes after surgery. Grouped-query attention
 (Llama) prunes whole key/value groups, a kv head with the query heads that share it, so the
 query-per-kv ratio stays what the model's config says. The rules key on class names, so
-transformers is never imported here.
+transformers is never imported here. torch.nn's own transformer layers are registered in
+`torch_blocks.py`; a block whose class cannot hold fewer heads names a replacement module (`replace`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch.nn as nn
 
 from torchslim.prune.graph import Group, Key
+from torchslim.prune.transform import REPLACEMENTS
 from torchslim.registry import Registry
 
 Sides = Callable[[str, Any], tuple[int, dict[Key, np.ndarray], int]]
@@ -30,9 +32,15 @@ Sides = Callable[[str, Any], tuple[int, dict[Key, np.ndarray], int]]
 class BlockRule:
     sides: Sides
     fix: Callable[[Any], None] = lambda m: None
+    """Called on every block of the model after each cut: sets size attributes from the tensors."""
     config: Callable[[Any], dict[str, int]] = lambda m: {}
     """Config fields that describe this block's pruned sizes (for `sync_config`); a name starting
     with `=` is a field the config cannot change (it must keep its value for the sizes to match)."""
+    replace: str | None = None
+    """A `transform.REPLACEMENTS` entry that swaps the block, before its units are cut, for a module
+    that can hold fewer of them (torch's MultiheadAttention cannot lose a head); load replays it."""
+    on_cut: Callable[[Any, np.ndarray], None] = lambda m, kept: None
+    """Called with the indices of the units kept, before the cut: bookkeeping the tensors do not show."""
 
 
 BLOCKS: Registry[BlockRule] = Registry("transformer block rule")
@@ -161,11 +169,39 @@ def block_paths(model: nn.Module, opaque: set[str]) -> dict[str, BlockRule]:
 
 
 def block_groups(model: nn.Module, blocks: dict[str, BlockRule]) -> list[Group]:
+    """One group per block that has units (a container block may only fix attributes after a cut)."""
     groups = []
     for name, rule in blocks.items():
         units, sides, per_unit = rule.sides(name, model.get_submodule(name))
-        groups.append(Group(name, units, sides, per_unit))
+        if units:
+            groups.append(Group(name, units, sides, per_unit, block=True))
     return groups
+
+
+def block_cuts(groups: list[Group], removed: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Block path -> indices of the units it keeps, for the blocks that lose units."""
+    return {
+        groups[gi].name: np.setdiff1d(np.arange(groups[gi].units), units)
+        for gi, units in removed.items()
+        if groups[gi].block and len(units)
+    }
+
+
+def replace_blocks(model: nn.Module, cuts: dict[str, np.ndarray]) -> dict[str, str]:
+    """Swap the blocks about to be cut whose rule names a replacement; returns path -> replacement."""
+    done: dict[str, str] = {}
+    for path in cuts:
+        rule = BLOCKS.get(type(model.get_submodule(path)).__name__)
+        if rule.replace is not None:
+            model.set_submodule(path, REPLACEMENTS.get(rule.replace)(model.get_submodule(path)))
+            done[path] = rule.replace
+    return done
+
+
+def note_cuts(model: nn.Module, cuts: dict[str, np.ndarray]) -> None:
+    for path, kept in cuts.items():
+        module = model.get_submodule(path)
+        BLOCKS.get(type(module).__name__).on_cut(module, kept)
 
 
 def fix_blocks(model: nn.Module) -> None:

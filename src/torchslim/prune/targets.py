@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from torchslim.errors import UserError
+from torchslim.prune.mha import PrunedMultiheadAttention
 from torchslim.registry import Registry
 from torchslim.targeting import is_selected, matches
 
@@ -106,9 +107,9 @@ LAYER_KINDS.register("conv", LayerKind(_CONV, _weight, _conv_inputs, _conv_sprea
 LAYER_KINDS.register("conv_transpose", LayerKind(_CONV_T, _weight, _conv_inputs, _conv_transpose_spread))
 LAYER_KINDS.register("embedding", LayerKind((nn.Embedding,), _weight))
 LAYER_KINDS.register("rnn", LayerKind((nn.RNNBase,), _rnn_params))
-LAYER_KINDS.register(
-    "attention", LayerKind((nn.MultiheadAttention,), _mha_params, _mha_inputs, _linear_spread)
-)
+# the head-pruned replacement keeps nn.MultiheadAttention's tensor names, so the same functions apply
+_ATTENTION = (nn.MultiheadAttention, PrunedMultiheadAttention)
+LAYER_KINDS.register("attention", LayerKind(_ATTENTION, _mha_params, _mha_inputs, _linear_spread))
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:

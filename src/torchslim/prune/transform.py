@@ -3,17 +3,25 @@
 What is recorded, per changed module: the shapes of its tensors and the plain attributes that
 changed (`out_channels`, `num_features`, a transformers attention's head count, ...). Replaying sets
 empty tensors of those shapes and those attributes on the freshly built model; `ts.load` then fills
-the values from safetensors. This needs no per-layer code, so custom layers replay too.
+the values from safetensors. This needs no per-layer code, so custom layers replay too. A module whose
+class cannot hold the smaller sizes (torch's MultiheadAttention) is swapped before the cut for one
+that can; `replace` records the `REPLACEMENTS` entry, replayed first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from torchslim.io import TRANSFORMS
+from torchslim.registry import Registry
+
+REPLACEMENTS: Registry[Callable[[nn.Module], nn.Module]] = Registry("module replacement")
+"""Name -> builder of a module that replaces a freshly built one before its tensors shrink (the
+module as it was before the cut, e.g. `PrunedMultiheadAttention.from_torch`); the name is recorded."""
 
 Plain = int | float | bool | str | tuple[Any, ...] | list[Any] | None
 
@@ -62,7 +70,10 @@ def record_prune(
 
 @TRANSFORMS.register("channel_prune")
 def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
-    """Give the freshly built `model` the recorded shapes and attributes (values load afterwards)."""
+    """Give the freshly built `model` the recorded replacements, shapes and attributes (values load
+    afterwards)."""
+    for name, replacement in params.get("replace", {}).items():
+        model.set_submodule(name, REPLACEMENTS.get(replacement)(model.get_submodule(name)))
     for name, shapes in params.get("shapes", {}).items():
         module = model.get_submodule(name)
         for tensor_name, shape in shapes.items():
