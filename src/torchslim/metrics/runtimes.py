@@ -1,5 +1,8 @@
 """Runtimes that latency is measured in, by name: `torch` (eager), `torch.compile`, `onnxruntime`.
 
+`torch.compile` lowers our quantized Linear layers to torchao int8 tensors first (integer kernels, see
+`torchslim.quant.backends.torchao`); `onnxruntime` exports them as QDQ / integer ONNX ops.
+
 A runtime prepares a model into a zero-argument runner (one forward pass of the whole example
 batch); timing is the same for all. `paired_latency` times several models round-robin in one
 process, so a slow spell of this shared machine hits all of them alike and their ratios hold.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -34,7 +38,20 @@ def _torch(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Runner:
 
 @RUNTIMES.register("torch.compile")
 def _compiled(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Runner:
-    compiled = cast(nn.Module, torch.compile(model))
+    """`torch.compile` for inference (inductor freezing: weights become constants, folded and prepacked).
+
+    Our quantized Linear layers are first lowered (on a copy) to torchao int8 tensors with our integers
+    and scales, so the compiled graph runs integer matmuls. Without torchao the dequantizing layers are
+    compiled as they are, with a warning."""
+    from torchslim.quant.backends import torchao as ao
+
+    if ao.plan(model)[0]:
+        if ao.available():
+            with torch.inference_mode(False):
+                model = ao.lower(model).model
+        else:
+            warnings.warn(ao.MISSING + " (compiling the dequantizing layers instead)", stacklevel=2)
+    compiled = cast(nn.Module, torch.compile(model, options={"freezing": True}))
     return lambda: call(compiled, example_inputs)
 
 
@@ -44,9 +61,7 @@ def _onnxruntime(model: nn.Module, example_inputs: Any, stack: ExitStack) -> Run
     from torchslim.export import export_onnx
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torchslim-ort-")))
-    session = ort_session(export_onnx(model, example_inputs, tmp / "model.onnx"))
-    feed = ort_feed(session, example_inputs)
-    return lambda: session.run(None, feed)
+    return _onnx_file(export_onnx(model, example_inputs, tmp / "model.onnx"), example_inputs)
 
 
 def ort_session(path: str | Path) -> Any:
@@ -78,18 +93,32 @@ def latency(model: nn.Module, example_inputs: Any, runtime: str = "torch", *, re
 
 
 def paired_latency(
-    entries: Sequence[tuple[nn.Module, str]], example_inputs: Any, *, rounds: int = 20, warmup: int = 3
+    entries: Sequence[tuple[nn.Module | str | Path, str]],
+    example_inputs: Any,
+    *,
+    rounds: int = 20,
+    warmup: int = 3,
 ) -> list[float]:
-    """Median ms of each `(model, runtime)`, timed round-robin: one call of each per round."""
+    """Median ms of each `(model, runtime)`, timed round-robin: one call of each per round.
+
+    A model may also be an ONNX file with runtime `onnxruntime` (run as it is, e.g. another tool's).
+    """
     prepare = [RUNTIMES.get(runtime) for _, runtime in entries]  # unknown names fail before any work
-    modes = [model.training for model, _ in entries]
+    for model, runtime in entries:
+        if not isinstance(model, nn.Module) and runtime != "onnxruntime":
+            raise ValueError(f"an ONNX file runs in onnxruntime, not {runtime!r}: {model}")
+    modules = [model for model, _ in entries if isinstance(model, nn.Module)]
+    modes = [model.training for model in modules]
     samples: list[list[float]] = [[] for _ in entries]
     try:
         with ExitStack() as stack, threads(1), torch.inference_mode():
             runners = []
             for (model, _), make in zip(entries, prepare, strict=True):
-                model.eval()
-                runners.append(make(model, example_inputs, stack))
+                if isinstance(model, nn.Module):
+                    model.eval()
+                    runners.append(make(model, example_inputs, stack))
+                else:
+                    runners.append(_onnx_file(model, example_inputs))
             for run in runners:
                 for _ in range(warmup):
                     run()
@@ -99,6 +128,12 @@ def paired_latency(
                     run()
                     out.append((time.perf_counter() - start) * 1000.0)
     finally:
-        for (model, _), mode in zip(entries, modes, strict=True):
+        for model, mode in zip(modules, modes, strict=True):
             model.train(mode)
     return [statistics.median(s) for s in samples]
+
+
+def _onnx_file(path: str | Path, example_inputs: Any) -> Runner:
+    session = ort_session(path)
+    feed = ort_feed(session, example_inputs)
+    return lambda: session.run(None, feed)

@@ -2,10 +2,13 @@
 
 The swap is recorded as the `quantize` transform (layer name -> how it was quantized), which
 `ts.load` replays on the freshly built float model before loading the packed integers and scales.
+Static activations (the onnxruntime QDQ path) also fold BatchNorms into the per-channel convolutions
+they follow and give each layer boundary one grid (see `flow`), so onnxruntime fuses the whole chain.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +18,9 @@ import torch.nn as nn
 
 from torchslim import io
 from torchslim.config import QuantConfig
+from torchslim.data import split
 from torchslim.errors import UserError
+from torchslim.quant import flow
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
 from torchslim.quant.primitives import WeightSpec, check_bits
@@ -121,6 +126,9 @@ def quantize_(
     needs["smoothing"] = smoothing > 0
     if any(needs.values()) and data is None:
         raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
+    data, first = _peek(data)
+    static = config.activations == "static" and first is not None
+    folded = _fold(model, layers, config, layer_bits, first) if static else {}
     cal = Calibration()
     if any(needs.values()):
         linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
@@ -138,8 +146,36 @@ def quantize_(
     for name, mod in layers.items():
         bits = (layer_bits or {}).get(name)
         result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing, bits)
+        if name in folded:
+            result.quantized[name]["folded_bn"] = folded[name]
+    if static:
+        qmods = {n: model.get_submodule(n) for n in layers}
+        for name, nxt in flow.share_boundaries(model, qmods, first).items():
+            result.quantized[name]["out_grid"] = nxt
     io.add_transform(model, TRANSFORM, {"layers": result.quantized})
     return result
+
+
+def _peek(data: Iterable[Any] | None) -> tuple[Iterable[Any] | None, Any]:
+    """`data` unchanged for the caller (even a one-shot iterator) and the inputs of its first batch."""
+    if data is None:
+        return None, None
+    it = iter(data)
+    first = next(it, None)
+    return itertools.chain([] if first is None else [first], it), None if first is None else split(first)[0]
+
+
+def _fold(
+    model: nn.Module, layers: dict[str, nn.Module], config: QuantConfig, bits: dict[str, int] | None, x: Any
+) -> dict[str, str]:
+    """Fold BatchNorms into the per-channel static convolutions they follow (see `flow`)."""
+    convs = {
+        n: m
+        for n, m in layers.items()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d))
+        and layer_spec(m, config, (bits or {}).get(n))[0].granularity == "per_channel"
+    }
+    return flow.fold_batchnorm(model, convs, x)
 
 
 def _quantize_layer(
@@ -211,5 +247,10 @@ def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Swap the recorded layers for empty quantized ones; packed values load afterwards."""
     for name, p in params["layers"].items():
         spec = WeightSpec(p["bits"], p["granularity"], p["group_size"], p["symmetric"])
+        if p.get("folded_bn"):  # the BatchNorm lives in the weights and bias now
+            flow.replace(model, p["folded_bn"], nn.Identity())
+            conv = model.get_submodule(name)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]))
         swap(model, name, model.get_submodule(name), spec, p["activations"], p.get("smooth", False))
     return model

@@ -42,7 +42,9 @@ class QuantizeSpec(StageSpec):
     smoothing: float = Field(0.0, ge=0.0, le=1.0)
     """SmoothQuant alpha for Linear layers (0: off); uses calibration data."""
     runtime: Literal["torch", "torch.compile", "onnxruntime"] = "torch"
-    """Where this and later stages' latency is measured; the baseline is re-timed there too."""
+    """Where this and later stages' latency is measured; the baseline is re-timed there too.
+    `torch.compile` first lowers quantized Linear layers to torchao int8 tensors (integer kernels; needs
+    torchao); `onnxruntime` runs the QDQ export. See `torchslim.quant.backends` for which is fastest."""
     qat: bool = False
     """Insert fake-quant layers for the following training stages (kind int); convert them later."""
     convert: bool = False
@@ -84,6 +86,8 @@ def quantize(ctx: Any, spec: QuantizeSpec) -> None:
     ctx.runtime = spec.runtime  # the pipeline also times the baseline there, for a like-with-like speedup
     if spec.convert:
         ctx.note(**convert_(ctx.model).notes(), converted=True)
+        if spec.runtime == "torch.compile":
+            ctx.note(**torchao_notes(ctx.model))
         return
     config = spec.config()
     needs = (config.activations == "static", spec.rounding == "gptq", spec.smoothing > 0, spec.size_target)
@@ -93,3 +97,15 @@ def quantize(ctx: Any, spec: QuantizeSpec) -> None:
         options.update(rounding=spec.rounding, smoothing=spec.smoothing)
     result = quantize_(ctx.model, config, data, **options)
     ctx.note(**result.notes(), **({"qat": "fake-quant inserted; convert after training"} if spec.qat else {}))
+    if spec.runtime == "torch.compile" and not spec.qat:
+        ctx.note(**torchao_notes(ctx.model))
+
+
+def torchao_notes(model: Any) -> dict[str, Any]:
+    """What the `torch.compile` runtime lowers to torchao, and the quantized layers it leaves (why)."""
+    from torchslim.quant.backends import torchao
+
+    lowered, kept = torchao.plan(model)
+    if not torchao.available():
+        return {"torchao": torchao.MISSING + " (the dequantizing layers are compiled instead)"}
+    return {"torchao_lowered_layers": len(lowered), "torchao_kept": kept}
