@@ -201,14 +201,19 @@ SMALL: dict[str, Callable[[], Any]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_small_models_match_keras(name: str, tmp_path: Path) -> None:
+def small_case(name: str, tmp_path: Path, batch: int) -> tuple[Any, KerasNet, np.ndarray, bool]:
+    """A seeded small Keras model, its import (through ts.save/ts.load), a random batch, its layout."""
     keras.utils.set_random_seed(0)
     model = SMALL[name]()
     randomize_bn(model)
     net = roundtrip(model, tmp_path)
-    x = np.random.default_rng(1).normal(size=(4, *model.input_shape[1:])).astype("float32")
-    channels_last = name != "conv2d_channels_first"
+    x = np.random.default_rng(1).normal(size=(batch, *model.input_shape[1:])).astype("float32")
+    return model, net, x, name != "conv2d_channels_first"
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_small_models_match_keras(name: str, tmp_path: Path) -> None:
+    model, net, x, channels_last = small_case(name, tmp_path, 4)
     assert np.abs(torch_out(net, x, channels_last) - keras_out(model, x)).max() < 1e-4
     written = keras.saving.load_model(write_keras(net, None, tmp_path / "out"), compile=False)
     assert np.abs(keras_out(written, x) - keras_out(model, x)).max() < 1e-4
@@ -216,12 +221,7 @@ def test_small_models_match_keras(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["conv1d", "conv2d", "conv2d_channels_first", "functional"])
 def test_channel_pruned_small_models_write_back(name: str, tmp_path: Path) -> None:
-    keras.utils.set_random_seed(0)
-    model = SMALL[name]()
-    randomize_bn(model)
-    net = roundtrip(model, tmp_path)
-    x = np.random.default_rng(1).normal(size=(8, *model.input_shape[1:])).astype("float32")
-    channels_last = name != "conv2d_channels_first"
+    model, net, x, channels_last = small_case(name, tmp_path, 8)
     t = torch.from_numpy(x).movedim(-1, 1) if channels_last else torch.from_numpy(x)
     report = ts.prune_(net, ts.ChannelConfig(ratio=0.5), example_inputs=t)
     assert report.units_removed > 0

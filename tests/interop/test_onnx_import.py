@@ -69,6 +69,22 @@ CASES: dict[str, tuple[list[Any], dict[str, list[int]], dict[str, np.ndarray], i
         {"w": _rand(4, 3, 4, 4)},
         17,
     ),
+    "conv transpose, groups, output padding": (
+        [
+            helper.make_node(
+                "ConvTranspose",
+                ["x", "w", "b"],
+                ["y"],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+                output_padding=[1, 1],
+                group=2,
+            )
+        ],
+        {"x": [2, 4, 5, 5]},
+        {"w": _rand(4, 3, 3, 3), "b": _rand(6)},
+        17,
+    ),
     "gemm transB=0 alpha beta": (
         [helper.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=0.5, beta=2.0)],
         {"x": [3, 5]},

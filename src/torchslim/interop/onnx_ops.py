@@ -83,27 +83,40 @@ def _nd(kind: str, dims: int, b: Builder) -> Any:
 
 
 # -- weighted layers ------------------------------------------------------------------------------
-@register("Conv")
-def conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
+def _conv_layer(b: Builder, node: onnx.NodeProto, *, transpose: bool) -> tuple[nn.Module, list[int] | None]:
+    """The torch convolution of a Conv / ConvTranspose node, and the explicit padding it needs first."""
     a = b.attrs()
     weight = b.const(node.input[1])
     bias = b.optional_const(2)
     dims = weight.ndim - 2
     padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
     groups = int(a.get("group", 1))
-    layer = _nd("Conv", dims, b)(
-        weight.shape[1] * groups,
-        weight.shape[0],
+    # ONNX weights are (out, in/groups, k...) for Conv and (in, out/groups, k...) for ConvTranspose
+    io = (
+        (weight.shape[0], weight.shape[1] * groups)
+        if transpose
+        else (weight.shape[1] * groups, weight.shape[0])
+    )
+    extra = {"output_padding": tuple(a.get("output_padding", [0] * dims))} if transpose else {}
+    layer = _nd("ConvTranspose" if transpose else "Conv", dims, b)(
+        *io,
         tuple(weight.shape[2:]),
         stride=tuple(a.get("strides", [1] * dims)),
         padding=tuple(padding),
         dilation=tuple(a.get("dilations", [1] * dims)),
         groups=groups,
         bias=bias is not None,
+        **extra,
     )
     layer.weight = _param(weight)
     if bias is not None:
         layer.bias = _param(bias)
+    return layer, explicit
+
+
+@register("Conv")
+def conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
+    layer, explicit = _conv_layer(b, node, transpose=False)
     x = b.tensor(node.input[0])
     if explicit is not None:
         x = b.call(F.pad, x, explicit)
@@ -113,27 +126,11 @@ def conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
 @register("ConvTranspose")
 def conv_transpose(b: Builder, node: onnx.NodeProto) -> fx.Node:
     a = b.attrs()
-    weight = b.const(node.input[1])
-    bias = b.optional_const(2)
-    dims = weight.ndim - 2
-    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
-    if explicit is not None or "output_shape" in a or _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
-        b.fail("asymmetric pads, auto_pad or output_shape are not supported")
-    groups = int(a.get("group", 1))
-    layer = _nd("ConvTranspose", dims, b)(
-        weight.shape[0],
-        weight.shape[1] * groups,
-        tuple(weight.shape[2:]),
-        stride=tuple(a.get("strides", [1] * dims)),
-        padding=tuple(padding),
-        output_padding=tuple(a.get("output_padding", [0] * dims)),
-        dilation=tuple(a.get("dilations", [1] * dims)),
-        groups=groups,
-        bias=bias is not None,
-    )
-    layer.weight = _param(weight)
-    if bias is not None:
-        layer.bias = _param(bias)
+    if "output_shape" in a or _text(a.get("auto_pad", "NOTSET")) != "NOTSET":
+        b.fail("auto_pad or output_shape are not supported")
+    layer, explicit = _conv_layer(b, node, transpose=True)
+    if explicit is not None:
+        b.fail("asymmetric pads are not supported")
     return b.module(layer, b.tensor(node.input[0]))
 
 
