@@ -8,6 +8,7 @@ MAC reduction after the same short fine-tune; graph build time on a ResNet-50-si
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
@@ -61,7 +62,25 @@ def ours_prune(model: nn.Module, x: Any, ratio: float, importance: str = "l2", d
     return model
 
 
+COVERAGE_SECONDS = 120
+
+
 def _pruned_ok(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -> bool:
+    """`_prunes` in a forked child, so a tool that never finishes on a model (Torch-Pruning's graph
+    search on the torch TransformerEncoder net) counts as a failure after COVERAGE_SECONDS."""
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    child = ctx.Process(target=lambda: result.put(_prunes(prune, name)))
+    child.start()
+    child.join(COVERAGE_SECONDS)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return False
+    return bool(not result.empty() and result.get())
+
+
+def _prunes(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -> bool:
     try:
         model, x = build(name)
         dense_shape, dense_macs = _out(call(model, x)).shape, count_macs(model, x)
