@@ -65,12 +65,12 @@ def ours_prune(model: nn.Module, x: Any, ratio: float, importance: str = "l2", d
 COVERAGE_SECONDS = 120
 
 
-def _pruned_ok(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -> bool:
-    """`_prunes` in a forked child, so a tool that never finishes on a model (Torch-Pruning's graph
-    search on the torch TransformerEncoder net) counts as a failure after COVERAGE_SECONDS."""
-    ctx = multiprocessing.get_context("fork")
+def _pruned_ok(tool: str, name: str) -> bool:
+    """`_prunes` in a fresh (spawned) child, so a tool that never finishes on a model counts as a
+    failure after COVERAGE_SECONDS (a forked child of a process that ran torch ops can deadlock)."""
+    ctx = multiprocessing.get_context("spawn")
     result = ctx.Queue()
-    child = ctx.Process(target=lambda: result.put(_prunes(prune, name)))
+    child = ctx.Process(target=_coverage_child, args=(tool, name, result))
     child.start()
     child.join(COVERAGE_SECONDS)
     if child.is_alive():
@@ -78,6 +78,14 @@ def _pruned_ok(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -
         child.join()
         return False
     return bool(not result.empty() and result.get())
+
+
+def _coverage_child(tool: str, name: str, result: Any) -> None:
+    torch.set_num_threads(1)
+    result.put(_prunes(TOOLS[tool], name))
+
+
+TOOLS: dict[str, Callable[[nn.Module, Any, float], nn.Module]] = {}
 
 
 def _prunes(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -> bool:
@@ -88,6 +96,9 @@ def _prunes(prune: Callable[[nn.Module, Any, float], nn.Module], name: str) -> b
         return bool(_out(call(model, x)).shape == dense_shape and count_macs(model, x) < 0.9 * dense_macs)
     except Exception:
         return False
+
+
+TOOLS.update({"torchslim": ours_prune, "torch-pruning": tp_prune})
 
 
 def _at_macs(
@@ -141,8 +152,8 @@ def run(quick: bool) -> Table:
         "Channel pruning vs Torch-Pruning", ["setting", "MACs", "params", "latency ms (b32, 1 thr)", "note"]
     )
     _resnet18_rows(table, quick)
-    ok_ours = [n for n in NETS if _pruned_ok(ours_prune, n)]
-    ok_tp = [n for n in NETS if _pruned_ok(tp_prune, n)]
+    ok_ours = [n for n in NETS if _pruned_ok("torchslim", n)]
+    ok_tp = [n for n in NETS if _pruned_ok("torch-pruning", n)]
     table.rows.append(
         ["coverage torchslim", len(ok_ours), len(NETS), "", ",".join(sorted(set(NETS) - set(ok_ours)))]
     )
