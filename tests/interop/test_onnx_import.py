@@ -262,7 +262,10 @@ def test_imported_model_saves_compactly_and_reloads(lenet_onnx: Path, tmp_path: 
     assert (tmp_path / "m" / STRUCTURE_FILE).stat().st_size < 4_000  # the structure only
     saved = sum(f.stat().st_size for f in (tmp_path / "m").iterdir())
     assert saved < 1.02 * lenet_onnx.stat().st_size
-    torch.testing.assert_close(ts.load(tmp_path / "m")(x), model(x), rtol=0, atol=0)
+    reloaded = ts.load(tmp_path / "m")
+    torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
+    ts.save(reloaded, tmp_path / "again")  # a loaded model keeps its structure file
+    torch.testing.assert_close(ts.load(tmp_path / "again")(x), model(x), rtol=0, atol=0)
 
 
 def test_imported_model_prunes_channels_and_reloads(lenet_onnx: Path, tmp_path: Path) -> None:

@@ -55,12 +55,9 @@ def import_onnx(path: str | Path) -> nn.Module:
 
 
 def build_from_structure(file: str) -> nn.Module:
-    """The `onnx` model source of `ts.load`: the architecture from the stripped graph, values zero."""
-    onnx = _onnx()
-    model = onnx.load(file, load_external_data=False)
-    module = convert(model, source=file)
-    structure = Path(file).read_bytes()
-    return io.set_source(module, "onnx", files={STRUCTURE_FILE: structure}, file=STRUCTURE_FILE)
+    """The `onnx` model source of `ts.load`: the architecture from the stripped graph, values zero
+    (`ts.load` records the source and its file on the rebuilt model)."""
+    return convert(_onnx().load(file, load_external_data=False), source=file)
 
 
 def convert(model: onnx.ModelProto, *, source: str = "<onnx>") -> fx.GraphModule:

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.interop.onnx_import import ONNX_OPS, Builder, Value
+from torchslim.interop.onnx_import import ONNX_OPS, Builder, Value, _array
 
 if TYPE_CHECKING:
     import onnx
@@ -557,8 +557,6 @@ def slice_(b: Builder, node: onnx.NodeProto) -> fx.Node:
 @register("Constant")
 def constant(b: Builder, node: onnx.NodeProto) -> np.ndarray:
     from onnx import numpy_helper
-
-    from torchslim.interop.onnx_import import _array
 
     attr = node.attribute[0]
     if attr.name == "value":
