@@ -94,8 +94,18 @@ class SparsityConfig(BaseConfig):
     """Globs of module names to leave dense; checked before `include`."""
     soft: bool = False
     """Soft masks: pruned weights may regrow during training; masks are fixed at the end."""
+    normalize: str = "none"
+    """How a global ranking compares layers: `none` (raw scores, as
+    `torch.nn.utils.prune.global_unstructured`), `lamp` (each score over the sum of the layer's scores
+    at or above it, Lee et al. 2021; best after fine-tuning in the benchmark), `mean` (over the layer's
+    mean score). Used by `scope="global"` and by the global candidate of `allocation="auto"`."""
+    rounds: int = 1
+    """Score-and-prune rounds on the way to the target, no training between: sparsity rises along the
+    cubic schedule and the weights still alive are re-scored each round. Helps criteria whose scores
+    change as other weights go (taylor's gradients); magnitude scores do not change."""
 
     def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "SparsityConfig", "rounds", "must be >= 1")
         _one_of(
             "SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain}
         )

@@ -42,6 +42,50 @@ def test_global_scope_never_empties_a_layer() -> None:
     assert sum(_zeros(model, k) for k in ("0", "1")) == round(0.9 * 11_000)
 
 
+def _two_layers(scale: float) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(scale)
+    return model
+
+
+def test_lamp_is_blind_to_a_layer_scale_that_a_raw_ranking_follows() -> None:
+    def layer1(scale: float, normalize: str) -> float:
+        config = ts.SparsityConfig(sparsity=0.5, scope="global", normalize=normalize)
+        return ts.prune_(_two_layers(scale), config).layer_sparsity["1"]
+
+    assert layer1(1e-3, "none") == pytest.approx(0.9, abs=1e-3)  # stripped to its cap
+    assert layer1(1e-3, "lamp") == layer1(1.0, "lamp") == layer1(1e3, "lamp")
+    assert layer1(1e-3, "mean") == layer1(1e3, "mean")
+
+
+def test_lamp_scores_are_one_at_the_top_and_rise_along_the_sorted_tail() -> None:
+    from torchslim.prune.select import lamp
+
+    scores = torch.tensor([4.0, 1.0, -torch.inf, 3.0, 2.0])
+    out = lamp(scores)
+    assert out.tolist()[:2] == [1.0, pytest.approx(1 / 10)] and out[2] == -torch.inf
+    assert out[3] == pytest.approx(3 / 7) and out[4] == pytest.approx(2 / 9)
+    with pytest.raises(UserError, match="needs importance scores >= 0"):
+        lamp(torch.tensor([1.0, -1.0]))
+
+
+def test_rounds_reach_the_exact_target_and_rescore_between_rounds(lenet) -> None:
+    calls = []
+
+    def counting(inp):
+        calls.append(sum(int((t.weight() == 0).sum()) for t in inp.targets))
+        return {t.name: inp.weight(t).abs() for t in inp.targets}
+
+    ts.register_importance("test_counting", counting, replace=True)
+    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9, importance="test_counting", rounds=4))
+    assert report.layer_sparsity["fc1"] == pytest.approx(0.9, abs=1e-6)
+    assert len(calls) == 4 and calls[0] == 0 < calls[1] < calls[2] < calls[3]  # re-scored as weights go
+    one = ts.prune_(type(lenet)(), ts.SparsityConfig(sparsity=0.9, importance="magnitude"))
+    assert one.layer_sparsity == report.layer_sparsity  # magnitude: rounds do not change the counts
+
+
 def test_threshold_prunes_every_weight_below_it(lenet) -> None:
     before = lenet.fc1.weight.detach().clone()
     ts.prune_(lenet, ts.SparsityConfig(threshold=0.02))
@@ -103,6 +147,11 @@ def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
             "allocation='auto' needs calibration data",
         ),
         (lambda: ts.SparsityConfig(threshold=0.1, allocation="auto"), "needs a sparsity or retain target"),
+        (
+            lambda: ts.SparsityConfig(sparsity=0.5, scope="global", normalize="lamb"),
+            r"unknown score normalizer 'lamb'; did you mean 'lamp'.*known: lamp, mean, none",
+        ),
+        (lambda: ts.SparsityConfig(sparsity=0.5, rounds=0), "rounds: must be >= 1"),
     ],
 )
 def test_bad_input_is_a_user_error_before_any_weight_changes(lenet, make, message) -> None:

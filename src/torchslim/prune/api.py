@@ -15,7 +15,8 @@ from torchslim.data import limit
 from torchslim.errors import UserError
 from torchslim.prune import select
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn
-from torchslim.prune.masks import record, set_mask
+from torchslim.prune.masks import get_mask, record, set_mask
+from torchslim.prune.schedule import cubic_sparsity
 from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, joint_loss, max_layer_sparsity, scan
 from torchslim.prune.targets import Target, find_targets
 from torchslim.registry import Registry
@@ -72,6 +73,7 @@ def plan(
     seed: int = 0,
 ) -> Plan:
     criterion = IMPORTANCE.get(config.importance)
+    select.NORMALIZERS.get(config.normalize)
     targets = find_targets(model, config.include, config.exclude)
     auto = config.allocation == "auto"
     if auto and config.threshold is not None:
@@ -102,26 +104,62 @@ def prune_unstructured(
     seed: int = 0,
     layer_sparsity: dict[str, float] | None = None,
 ) -> PruneReport:
-    """Score, choose and apply masks; `layer_sparsity` (used by gradual schedules) fixes per-layer targets."""
+    """Score, choose and apply masks; `layer_sparsity` (used by gradual schedules) fixes per-layer targets.
+
+    With several rounds (`SparsityConfig.rounds`) each layer's sparsity climbs the cubic schedule from
+    where its hard mask stands to its target, and the weights still alive are re-scored every round.
+    """
     p = plan(model, config, data, loss, seed)
-    scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
+    scores = _scores(p)
     curves: dict[str, list[tuple[float, float]]] = {}
-    sparsity = target_sparsity(config)
-    if layer_sparsity is not None:
-        sizes = {t.name: t.numel() for t in p.targets}
-        keep = select.by_counts(scores, {n: round(layer_sparsity.get(n, 0.0) * sizes[n]) for n in sizes})
-    elif config.threshold is not None:
-        keep = select.by_threshold(scores, config.threshold)
-    elif config.allocation == "auto":
+    if layer_sparsity is None and config.allocation == "auto":
+        sparsity = target_sparsity(config)
         assert sparsity is not None and p.inputs.data is not None
         counts, curves = auto_counts(model, p, scores, sparsity)
-        keep = select.by_counts(scores, counts)
-    elif config.scope == "global":
-        keep = select.by_global(scores, sparsity or 0.0, cap=max_layer_sparsity(sparsity or 0.0))
-    else:
-        keep = select.by_layer(scores, sparsity or 0.0)
-    apply_masks(model, p.targets, select.keep_hard(p.targets, keep), config.soft)
+        layer_sparsity = {t.name: counts[t.name] / t.numel() for t in p.targets}
+    rounds = 1 if config.threshold is not None else config.rounds
+    start = _hard_sparsity(p.targets)
+    for k in range(rounds):
+        if k:
+            scores = _scores(p)
+        keep = _choose(p, scores, (k + 1) / rounds, start, layer_sparsity)
+        apply_masks(model, p.targets, select.keep_hard(p.targets, keep), config.soft)
     return report(p.targets, curves)
+
+
+def _scores(p: Plan) -> dict[str, torch.Tensor]:
+    return select.ranked_scores(p.targets, IMPORTANCE.get(p.config.importance).fn(p.inputs))
+
+
+def _hard_sparsity(targets: list[Target]) -> dict[str, float]:
+    """Per layer, the fraction its hard mask already prunes (where a round schedule starts)."""
+    out = {}
+    for t in targets:
+        mask = get_mask(t.module, t.param)
+        out[t.name] = 0.0 if mask is None or mask.soft else float((~mask.mask).float().mean())
+    return out
+
+
+def _choose(
+    p: Plan,
+    scores: dict[str, torch.Tensor],
+    progress: float,
+    start: dict[str, float],
+    layer_sparsity: dict[str, float] | None,
+) -> dict[str, torch.Tensor]:
+    """Keep-masks at `progress` in (0, 1] of the way from the `start` sparsities to the targets."""
+    config = p.config
+    if config.threshold is not None:
+        return select.by_threshold(scores, config.threshold)
+    sizes = {t.name: t.numel() for t in p.targets}
+    final = target_sparsity(config) or 0.0
+    goals = layer_sparsity if layer_sparsity is not None else dict.fromkeys(sizes, final)
+    if config.scope == "global" and layer_sparsity is None:
+        pruned = sum(start[n] * sizes[n] for n in sizes) / max(sum(sizes.values()), 1)
+        s = cubic_sparsity(progress, final, min(pruned, final))
+        return select.by_global(select.normalized(scores, config.normalize), s, max_layer_sparsity(final))
+    counts = {n: round(cubic_sparsity(progress, goals.get(n, 0.0), start[n]) * sizes[n]) for n in sizes}
+    return select.by_counts(scores, counts)
 
 
 def auto_counts(
@@ -137,7 +175,9 @@ def auto_counts(
     data, loss = p.inputs.data, p.inputs.loss
     assert data is not None
     sizes = {t.name: t.numel() for t in p.targets}
-    ranked = select.by_global(scores, sparsity, cap=max_layer_sparsity(sparsity))
+    ranked = select.by_global(
+        select.normalized(scores, p.config.normalize), sparsity, cap=max_layer_sparsity(sparsity)
+    )
     Curves = dict[str, list[tuple[float, float]]]
     candidates: list[tuple[dict[str, int], Curves]] = [({n: int((~k).sum()) for n, k in ranked.items()}, {})]
     for background in (None, ranked):

@@ -87,7 +87,8 @@ class GradualPruner:
         from torchslim.prune.api import prune_unstructured
 
         final = self.config.sparsity or 0.0
-        config = self.config.replace(sparsity=target, allocation="uniform")
+        # one round per update: the schedule itself re-scores as sparsity rises
+        config = self.config.replace(sparsity=target, allocation="uniform", rounds=1)
         per_layer = None
         if self.layer_sparsity is not None:
             per_layer = {n: s * target / final if final else 0.0 for n, s in self.layer_sparsity.items()}

@@ -1,5 +1,9 @@
 """From importance scores to boolean keep-masks: a threshold, a sparsity per layer, or one global ranking.
 
+A global ranking compares scores of different layers, whose scales differ (a wide layer's weights
+are smaller, a gradient-based score is larger near the loss); a registered normalizer (`NORMALIZERS`,
+chosen by `SparsityConfig.normalize`) first puts each layer's scores in comparable units.
+
 Counts are exact: a layer of n weights at sparsity s loses exactly round(s * n) of them (ties broken
 by position), and a global ranking loses exactly round(s * N) over all selected weights. Entries a
 hard mask already pruned stay pruned (they rank below everything).
@@ -7,13 +11,53 @@ hard mask already pruned stay pruned (they rank below everything).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from torchslim.errors import UserError
 from torchslim.prune.masks import get_mask
 from torchslim.prune.targets import Target
+from torchslim.registry import Registry
+
+Normalizer = Callable[[torch.Tensor], torch.Tensor]
+"""One layer's ranked scores (-inf: already pruned) -> scores comparable across layers, same order."""
+NORMALIZERS: Registry[Normalizer] = Registry("score normalizer")
+NORMALIZERS.register("none", lambda scores: scores)
+
+
+@NORMALIZERS.register("mean")
+def _mean(scores: torch.Tensor) -> torch.Tensor:
+    """Divided by the mean of the layer's remaining scores."""
+    alive = scores[torch.isfinite(scores)]
+    return scores / alive.mean().clamp_min(1e-30) if alive.numel() else scores
+
+
+@NORMALIZERS.register("lamp")
+def lamp(scores: torch.Tensor) -> torch.Tensor:
+    """LAMP (Lee et al., ICLR 2021): a score over the sum of the layer's scores at or above it.
+
+    The layer's best weight scores 1 and a weight scores high when few, large weights rank above it,
+    so a global ranking keeps every layer's most important weights and thins a layer only where its
+    tail is light. With squared magnitudes this bounds the layer's output distortion; the ratio is
+    scale-free, so it applies to any non-negative criterion. Ties keep position order.
+    """
+    alive = torch.isfinite(scores)
+    flat = torch.where(alive, scores, 0.0).flatten().double()
+    if bool((flat < 0).any()):
+        raise UserError("normalize='lamp' needs importance scores >= 0; use normalize='mean' or 'none'")
+    order = torch.argsort(flat, stable=True)
+    ranked = flat[order]
+    tail = ranked.flip(0).cumsum(0).flip(0)
+    out = torch.empty_like(flat)
+    out[order] = ranked / tail.clamp_min(1e-300)
+    return torch.where(alive, out.view(scores.shape).float(), -torch.inf)
+
+
+def normalized(scores: Mapping[str, torch.Tensor], normalizer: str) -> dict[str, torch.Tensor]:
+    """Each layer's ranked scores through the named normalizer (before a global ranking)."""
+    fn = NORMALIZERS.get(normalizer)
+    return {name: fn(s) for name, s in scores.items()}
 
 
 def ranked_scores(targets: Sequence[Target], scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_u
 from torchslim.prune.importance import IMPORTANCE
 from torchslim.prune.masks import harden
 from torchslim.prune.schedule import GradualPruner, iterative_targets
+from torchslim.prune.select import NORMALIZERS
 from torchslim.recipe import StageSpec, register_stage
 from torchslim.registry import Registry
 
@@ -119,6 +120,10 @@ class UnstructuredSpec(StageSpec):
     scope: Literal["layer", "global"] = "layer"
     allocation: Literal["uniform", "auto"] = "uniform"
     """auto: per-layer sparsity from a sensitivity scan on calibration batches."""
+    normalize: str = "none"
+    """How a global ranking compares layers: none (raw scores), lamp or mean."""
+    rounds: int = Field(1, ge=1, le=100)
+    """Score-and-prune rounds without training between, re-scoring the remaining weights each round."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     soft: bool = False
@@ -136,6 +141,13 @@ class UnstructuredSpec(StageSpec):
     def _known(cls, value: str) -> str:
         if value not in IMPORTANCE:
             raise ValueError(IMPORTANCE.unknown_message(value))
+        return value
+
+    @field_validator("normalize")
+    @classmethod
+    def _known_normalizer(cls, value: str) -> str:
+        if value not in NORMALIZERS:
+            raise ValueError(NORMALIZERS.unknown_message(value))
         return value
 
     @model_validator(mode="after")
