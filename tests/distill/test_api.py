@@ -34,6 +34,18 @@ def test_feature_distillation_with_projection(tiny_task, teacher) -> None:
     assert not any(h for m in (student, teacher) for h in m.fc1._forward_hooks.values())  # hooks removed
 
 
+def test_a_conv_block_gets_a_channel_projection() -> None:
+    from torchslim.distill.api import _projection
+
+    block = nn.Sequential(nn.Conv1d(1, 8, 3), nn.BatchNorm1d(8))  # not a conv itself: channels at dim 1
+    proj = _projection(torch.zeros(4, 8, 10), torch.zeros(4, 32, 10), block)
+    assert isinstance(proj.map, nn.Conv1d) and proj(torch.zeros(4, 8, 10)).shape == (4, 32, 10)
+    tokens = _projection(torch.zeros(4, 5, 16), torch.zeros(4, 5, 32), nn.Identity())
+    assert isinstance(tokens.map, nn.Linear)  # widths differ in the last dim: a Linear
+    with pytest.raises(UserError, match="cannot be matched"):
+        _projection(torch.zeros(4, 8, 10), torch.zeros(4, 32, 5), block)  # two dims differ
+
+
 def test_alpha_zero_is_plain_training(tiny_task, teacher) -> None:
     a, b = tiny_task.build(width=0.5), tiny_task.build(width=0.5)
     b.load_state_dict(a.state_dict())

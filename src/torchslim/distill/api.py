@@ -114,17 +114,21 @@ def _pairs(items: Sequence[str], field: str = "features") -> list[tuple[str, str
 def _projection(
     student_out: torch.Tensor, teacher_out: torch.Tensor, student_layer: nn.Module
 ) -> nn.Module | None:
-    conv_dims = CONV_DIMS.get(type(student_layer), 0)
-    dim = 1 if conv_dims else -1
-    s_width, t_width = student_out.shape[dim], teacher_out.shape[dim]
+    """None when shapes agree; else a learned map along the one dimension where widths differ.
+
+    The channel dimension is 1 for convolutions and for any module whose output has the teacher's
+    layout but for dim 1 (a conv block, a BatchNorm); the last dimension otherwise (Linear, tokens)."""
     if student_out.shape == teacher_out.shape:
         return None
-    if student_out.dim() != teacher_out.dim() or s_width == t_width:
+    differ = [d for d in range(student_out.dim()) if student_out.shape[d] != teacher_out.shape[d]]
+    conv_dims = CONV_DIMS.get(type(student_layer), student_out.dim() - 2 if differ == [1] else 0)
+    dim = 1 if conv_dims else student_out.dim() - 1
+    if student_out.dim() != teacher_out.dim() or differ != [dim] or not 0 <= conv_dims <= 3:
         raise UserError(
             f"DistillConfig.features: student output {tuple(student_out.shape)} cannot be matched to "
             f"teacher output {tuple(teacher_out.shape)} by a channel projection"
         )
-    return Projection(s_width, t_width, conv_dims)
+    return Projection(student_out.shape[dim], teacher_out.shape[dim], conv_dims)
 
 
 def distill(

@@ -36,19 +36,42 @@ def is_main() -> bool:
 
 
 def shard(batches: Iterable[Any]) -> Iterator[Any]:
-    """This rank's share of the batches: every `size`-th one, the same count on every rank.
+    """This rank's share of every batch: its slice along dim 0 of each tensor in it.
 
-    Every rank draws the same seeded order, so striding partitions one epoch without overlap (the
-    role of a DistributedSampler, for loaders we do not own). The last partial round is dropped
-    so that every rank makes the same number of synchronised steps.
+    Every rank draws the same seeded order and takes rows `rank::size` of each batch, so one step
+    of all ranks together sees exactly the batch a single process would (DDP averages the ranks'
+    gradients of equal-sized halves into the full batch's): the same number of steps at the same
+    learning rate, i.e. the same training, in less time. A batch with fewer rows than ranks is
+    dropped on every rank, so all ranks make the same number of synchronised steps.
     """
     rank, size = rank_and_size()
     if size == 1:
         yield from batches
         return
-    items = list(batches)
-    usable = len(items) - len(items) % size
-    yield from items[rank:usable:size]
+    for batch in batches:
+        if _rows(batch) >= size:
+            yield _slice(batch, rank, size)
+
+
+def _rows(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 0
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        return min((_rows(b) for b in batch if isinstance(b, (torch.Tensor, dict, list, tuple))), default=0)
+    return 0
+
+
+def _slice(batch: Any, rank: int, size: int) -> Any:
+    """Rows `rank::size` of every tensor in a (nested) tuple, list or dict; other values unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch[rank::size] if batch.dim() else batch
+    if isinstance(batch, dict):
+        return {k: _slice(v, rank, size) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_slice(b, rank, size) for b in batch)
+    return batch
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -95,7 +95,9 @@ def taylor(inp: ImportanceInput) -> Scores:
 
     Squaring before averaging keeps per-batch contributions from cancelling in sign (at a trained
     minimum the mean gradient is near zero); it equals the diagonal empirical-Fisher estimate of the
-    loss increase (Optimal Brain Damage with F for H; Molchanov et al. 2019).
+    loss increase (Optimal Brain Damage with F for H; Molchanov et al. 2019). It is a local estimate
+    around the current weights: toward high sparsity, prune in `SparsityConfig.rounds` steps so that
+    it is re-taken as weights go.
     """
     assert inp.data is not None
     leaves = [t.leaf() for t in inp.targets]
