@@ -27,6 +27,12 @@ def test_prune_block_validates_into_the_unstructured_spec() -> None:
     assert spec.kind == "unstructured" and spec.schedule.resolved() == "iterative"
     assert spec.config() == ts.SparsityConfig(sparsity=0.9, importance="taylor")
     assert recipe.to_dict()["stages"][0]["prune"]["sparsity"] == 0.9
+    lamp = parse_recipe(
+        _recipe({"prune": {"sparsity": 0.9, "scope": "global", "normalize": "lamp", "rounds": 4}})
+    )
+    assert lamp.stages[0][1].config() == ts.SparsityConfig(
+        sparsity=0.9, scope="global", normalize="lamp", rounds=4
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,6 +55,8 @@ def test_prune_block_validates_into_the_unstructured_spec() -> None:
             r"need a sparsity or retain target, not a threshold",
         ),
         ({"sparsity": 0.5, "schedule": {"begin": 0.8, "end": 0.5}}, r"begin \(0.8\) must be before end"),
+        ({"sparsity": 0.5, "normalize": "lammp"}, r"prune\.normalize: .*did you mean 'lamp'"),
+        ({"sparsity": 0.5, "rounds": 0}, r"prune\.rounds: .*greater than or equal to 1"),
     ],
 )
 def test_bad_prune_blocks_name_the_key(block, message) -> None:
