@@ -20,6 +20,7 @@ from benchmarks.harness import Table, benchmark
 from torchslim.distill.api import attention_gap
 from torchslim.distill.students import shallow_student
 from torchslim.distill.trainer import fit
+from torchslim.io import record_of
 from torchslim.metrics.latency import measure_latency, threads
 from torchslim.metrics.macs import count_macs
 from torchslim.metrics.size import param_count
@@ -147,37 +148,54 @@ def _recover(
     return runs
 
 
+MINILM_LR = 2e-4
+MINILM_RUNS = (
+    ("every other block", 8, True),
+    ("blocks chosen on calibration data", 8, True),
+    ("blocks chosen on calibration data", 30, True),
+    ("blocks chosen on calibration data", 30, False),
+)
+"""(student, epochs, augmented transfer set) of the 3-layer MiniLM students, all distilled with the
+embedding loss at the same lr and seed."""
+
+
 def _minilm_rows(table: Table, quick: bool) -> None:
     task = ts.zoo.get("minilm")
     teacher = task.model()
-    student = shallow_student(teacher)
-    before = task.evaluate(student)
-    config = ts.DistillConfig(epochs=2 if quick else 8, lr=5e-5 * 4, alpha=1.0)
-    with threads(1):
-        ts.distill(
-            student, teacher, lambda e: task.train_loader(seed=e), config, outputs="embedding", hard_loss=None
-        )
+    calibration = task.calibration_loader(batches=4)
     train, test = load_sentences()
     ids = task.tokenize((test + train)[:64])
     inputs = (ids["input_ids"], ids["attention_mask"])
     t_ms = measure_latency(teacher, inputs, repeats=5 if quick else 15)
-    s_ms = measure_latency(student, inputs, repeats=5 if quick else 15)
     table.rows.append(
         ["minilm 6-layer teacher", "pretrained", param_count(teacher), 1.0, f"{t_ms:.1f} ms / 64"]
     )
-    table.rows.append(
-        [
-            "minilm 3-layer student",
-            f"cosine before distill {before:.3f}",
-            param_count(student),
-            task.evaluate(student),
-            f"{s_ms:.1f} ms / 64 ({t_ms / s_ms:.2f}x faster)",
-        ]
-    )
+    best = 0.0
+    for choice, epochs, augment in MINILM_RUNS[:2] if quick else MINILM_RUNS:
+        with threads(1):
+            student = shallow_student(teacher, data=calibration if choice.startswith("blocks") else None)
+        before = task.evaluate(student)
+        config = ts.DistillConfig(epochs=2 if quick else epochs, lr=MINILM_LR, alpha=1.0)
+        with threads(1):
+            loader = lambda e, a=augment: task.train_loader(seed=e, augment=a)  # noqa: E731
+            ts.distill(student, teacher, loader, config, outputs="embedding", hard_loss=None)
+        s_ms = measure_latency(student, inputs, repeats=5 if quick else 15)
+        kept = record_of(student).transforms[-1]["params"]["keep"]
+        table.rows.append(
+            [
+                f"minilm 3-layer student, {choice} {kept}",
+                f"{config.epochs} epochs, {'augmented' if augment else 'held'} sentences, "
+                f"cosine before {before:.3f}",
+                param_count(student),
+                task.evaluate(student),
+                f"retrieval {task.retrieval_agreement(student):.2f}, {s_ms:.1f} ms / 64 "
+                f"({t_ms / s_ms:.2f}x faster)",
+            ]
+        )
+        best = max(best, task.evaluate(student))
     table.notes.append(
-        f"minilm: 3-layer student cosine to the teacher {task.evaluate(student):.4f}, "
-        f"retrieval agreement {task.retrieval_agreement(student):.2f}, {t_ms / s_ms:.2f}x faster "
-        "(64 sentences, one thread)"
+        f"minilm: best 3-layer student cosine to the teacher {best:.4f} on held-out sentences "
+        "(latency: 64 sentences, one thread)"
     )
 
 
@@ -225,7 +243,7 @@ def _minilm_student(task: Task, teacher: torch.nn.Module, epochs: int, weight: f
     student = shallow_student(teacher)
     attention = ATTENTION_PAIRS if weight else ()
     config = ts.DistillConfig(
-        epochs=epochs, lr=5e-5 * 4, alpha=1.0, seed=0, attention=attention, attention_weight=weight or 1.0
+        epochs=epochs, lr=MINILM_LR, alpha=1.0, seed=0, attention=attention, attention_weight=weight or 1.0
     )
     with threads(1):
         ts.distill(

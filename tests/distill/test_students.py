@@ -7,7 +7,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.distill.students import repeated_blocks, shallow_student
 from torchslim.errors import UserError
-from torchslim.io import set_source
+from torchslim.io import record_of, set_source
 
 
 class Stack(nn.Module):
@@ -62,3 +62,37 @@ def test_transformers_student_updates_the_config() -> None:
 def test_no_repeated_blocks_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="no stack of repeated blocks"):
         shallow_student(nn.Linear(2, 2))
+
+
+def _mostly_in_blocks(important: tuple[int, ...]) -> Stack:
+    """A residual stack whose other blocks barely change the signal."""
+    torch.manual_seed(0)
+    teacher = Stack()
+    with torch.no_grad():
+        for i, block in enumerate(teacher.blocks):
+            block[0].weight.mul_(3.0 if i in important else 1e-3)
+            block[0].bias.mul_(3.0 if i in important else 1e-3)
+    return teacher
+
+
+def test_blocks_chosen_on_data_are_the_ones_the_outputs_depend_on(tmp_path: Path) -> None:
+    teacher = set_source(_mostly_in_blocks((1, 4, 5)), "factory", target=f"{__name__}:make_stack", kwargs={})
+    data = [(torch.randn(16, 4), None) for _ in range(2)]
+    student = shallow_student(teacher, data=data)
+    assert record_of(student).transforms[-1]["params"]["keep"] == [1, 4, 5]
+    assert all(
+        torch.equal(s[0].weight, teacher.blocks[i][0].weight)
+        for s, i in zip(student.blocks, (1, 4, 5), strict=True)
+    )
+    x = torch.randn(8, 4)
+    every_other = shallow_student(teacher)
+    gap = (student(x) - teacher(x)).abs().mean()
+    assert gap < 0.05 * (every_other(x) - teacher(x)).abs().mean()  # [1, 4, 5] vs [0, 2, 4]
+    ts.save(student, tmp_path / "s")
+    assert torch.equal(ts.load(tmp_path / "s")(x), student(x))  # the chosen blocks replay on load
+    assert len(shallow_student(teacher, blocks=[5, 0]).blocks) == 2
+
+
+def test_choosing_blocks_without_batches_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="no batches to choose blocks on"):
+        shallow_student(Stack(), data=[])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.zoo.base import Task
+from torchslim.zoo.text_augment import augment_sentences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is first imported: never reach the hub
 
@@ -79,6 +82,29 @@ def _cosine_matrix(emb: torch.Tensor) -> torch.Tensor:
     return sim.fill_diagonal_(float("-inf"))
 
 
+class _AugmentedText:
+    """One epoch of augmented training sentences, reproducible per seed, with fp32 targets."""
+
+    def __init__(self, task: MiniLM, batch_size: int, seed: int) -> None:
+        self.task, self.batch_size, self.seed = task, batch_size, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.task.data["train_text"]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        texts: list[str] = self.task.data["train_text"]
+        rng = random.Random(self.seed)
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        for start in range(0, len(order), self.batch_size):
+            batch = augment_sentences([texts[i] for i in order[start : start + self.batch_size]], texts, rng)
+            tokens = self.task.tokenize(batch)
+            inputs = (tokens["input_ids"], tokens["attention_mask"])
+            with torch.no_grad():  # closed before the yield: grad mode is global to the consumer
+                reference = self.task.reference_model(*inputs)
+            yield inputs, reference
+
+
 class MiniLM(Task):
     name = "minilm"
     metric = "cosine"
@@ -123,15 +149,19 @@ class MiniLM(Task):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     @functools.cached_property
+    def reference_model(self) -> nn.Module:
+        """The fp32 encoder that defines the targets (kept in eval mode; not to be trained)."""
+        return self.model()
+
+    @functools.cached_property
     def data(self) -> dict[str, Any]:
         """Tokenized splits and the fp32 reference embeddings, computed once per process."""
         train, test = load_sentences()
         out: dict[str, Any] = {"train_text": train, "test_text": test}
-        reference = self.model()
         for split, texts in (("train", train), ("test", test)):
             tokens = self.tokenize(texts)
             out[split] = (tokens["input_ids"], tokens["attention_mask"])
-            out[f"{split}_ref"] = self._embed(reference, split, tokens=out[split])
+            out[f"{split}_ref"] = self._embed(self.reference_model, split, tokens=out[split])
         return out
 
     def _embed(self, model: nn.Module, split: str, tokens: Any = None) -> torch.Tensor:
@@ -159,9 +189,14 @@ class MiniLM(Task):
 
     def train_loader(
         self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
-    ) -> DataLoader[Any]:
-        """Batches `((input_ids, attention_mask), reference_embedding)` for distillation and calibration."""
-        return self._loader("train", batch_size or TRAIN_BATCH, torch.Generator().manual_seed(seed))
+    ) -> Iterable[Any]:
+        """Shuffled batches `((input_ids, attention_mask), reference_embedding)`. With `augment`, each
+        sentence is replaced by a variant (`torchslim.zoo.text_augment`), its reference embedding
+        computed by the fp32 model; calibration (`augment=False`) sees the held sentences only."""
+        size = batch_size or TRAIN_BATCH
+        if not augment:
+            return self._loader("train", size, torch.Generator().manual_seed(seed))
+        return _AugmentedText(self, size, seed)
 
     def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
         return self._loader("test", batch_size or TEST_BATCH)
