@@ -96,3 +96,26 @@ def test_blocks_chosen_on_data_are_the_ones_the_outputs_depend_on(tmp_path: Path
 def test_choosing_blocks_without_batches_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="no batches to choose blocks on"):
         shallow_student(Stack(), data=[])
+
+
+def test_blocks_prune_stage_replaces_the_model_with_the_chosen_blocks() -> None:
+    from types import SimpleNamespace
+
+    from torchslim.prune.blocks_stage import BlocksSpec, run_blocks
+    from torchslim.recipe import parse_recipe
+
+    teacher = _mostly_in_blocks((1, 4, 5))
+    notes: dict = {}
+    task = SimpleNamespace(calibration_loader=lambda batches: [(torch.randn(16, 4), None)] * batches)
+    ctx = SimpleNamespace(model=teacher, task=task, note=notes.update)
+    run_blocks(ctx, BlocksSpec(keep=3))
+    assert len(ctx.model.blocks) == 3 and len(teacher.blocks) == 6  # the teacher is left whole
+    assert notes == {"blocks_kept": [1, 4, 5], "stack": "blocks"}
+    run_blocks(ctx, BlocksSpec(keep=2, choose="evenly"))
+    assert notes["blocks_kept"] == [0, 1] and len(ctx.model.blocks) == 2  # of the 3 left, spread evenly
+    for block, message in (
+        ({"kind": "blocks"}, "exactly one of keep and blocks"),
+        ({"kind": "blocks", "keep": 0}, "keep"),
+    ):
+        with pytest.raises(UserError, match=message):
+            parse_recipe({"model": "zoo:tiny-digits", "stages": [{"prune": block}]})

@@ -91,6 +91,10 @@ class _ForStudent:
             if not hasattr(callback, hook):
                 setattr(self, hook, None)
 
+    @property
+    def done(self) -> bool:
+        return bool(getattr(self.callback, "done", True))
+
     def extra_loss(self, model: nn.Module) -> torch.Tensor:
         return self.callback.extra_loss(self.student)
 
@@ -141,10 +145,15 @@ def distill(
     hard_loss: HardLoss | None = F.cross_entropy,
     callbacks: Sequence[Any] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
+    keep_best: bool = False,
+    patience: int | None = None,
     checkpoint: Path | None = None,
     progress: Progress = _no_progress,
 ) -> list[dict[str, float]]:
     """Train `student` in place from `teacher`; returns the per-epoch history.
+
+    `evaluate(student)` is recorded each epoch; with it, `keep_best` restores the best epoch's weights
+    and `patience` stops after that many epochs without improvement (see `fit`).
 
     `train_loader` yields `(inputs, target)` batches (or is `loader(epoch)`); `outputs` picks the
     soft loss (`logits` or `embedding`); `hard_loss(output, target)` is the label term weighted by
@@ -186,6 +195,8 @@ def distill(
             seed=config.seed,
             callbacks=[_ForStudent(cb, student) for cb in callbacks],
             evaluate=(lambda m: evaluate(student)) if evaluate else None,
+            keep_best=keep_best,
+            patience=patience,
             checkpoint=checkpoint,
             progress=progress,
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from torchslim.config import DistillConfig
 from torchslim.data import call
@@ -14,6 +14,37 @@ from torchslim.distill.api import distill
 from torchslim.distill.trainer import fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
+
+
+class ValidateSpec(BaseModel):
+    """Validation each epoch on a held-out part of the training data (never the test split)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    holdout: float = Field(0.1, gt=0, lt=0.5)
+    """Fraction of the training data left out of training and measured after every epoch."""
+    keep_best: bool = True
+    """Restore the weights of the best epoch at the end."""
+    patience: int | None = Field(None, ge=1)
+    """Stop after this many epochs without improvement (null: train every epoch)."""
+
+
+def _training(ctx: Any, spec: Any) -> dict[str, Any]:
+    """The loader and validation arguments shared by the training stages."""
+    task, holdout = ctx.task, spec.validate.holdout if spec.validate else 0.0
+
+    split = {"holdout": holdout} if holdout else {}  # a user's task need not know the argument
+
+    def loader(epoch: int) -> Any:
+        return task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch, **split)
+
+    if spec.validate is None:
+        return {"loader": loader}
+    return {
+        "loader": loader,
+        "evaluate": lambda model: task.validate(model, holdout),
+        "keep_best": spec.validate.keep_best,
+        "patience": spec.validate.patience,
+    }
 
 
 class FinetuneSpec(StageSpec):
@@ -26,6 +57,8 @@ class FinetuneSpec(StageSpec):
     """Training batch size; the task's default when null."""
     regularize: RegularizeSpec = RegularizeSpec()
     """Sparsity-inducing penalties added to the loss."""
+    validate: ValidateSpec | None = None
+    """Per-epoch validation on held-out training data, best epoch kept, optional early stopping."""
 
 
 @register_stage("finetune", FinetuneSpec)
@@ -40,10 +73,12 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         *ctx.callbacks,
         *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []),
     ]
+    training = _training(ctx, spec)
     history = fit(
         ctx.model,
-        lambda epoch: task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch),
+        training.pop("loader"),
         loss_fn,
+        **training,
         epochs=spec.epochs,
         lr=spec.lr,
         weight_decay=spec.weight_decay,
@@ -72,6 +107,8 @@ class DistillSpec(StageSpec):
     attention_weight: float = Field(1.0, ge=0)
     """Weight of the attention-map term (the mean KL over the `attention` pairs)."""
     regularize: RegularizeSpec = RegularizeSpec()
+    validate: ValidateSpec | None = None
+    """Per-epoch validation on held-out training data, best epoch kept, optional early stopping."""
 
 
 @register_stage("distill", DistillSpec)
@@ -90,11 +127,13 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
     )
     task = ctx.task
     regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []
+    training = _training(ctx, spec)
     history = distill(
         ctx.model,
         teacher,
-        lambda epoch: task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch),
+        training.pop("loader"),
         config,
+        **training,
         outputs=task.outputs,
         hard_loss=task.loss,
         callbacks=[*ctx.callbacks, *regularizer],

@@ -78,26 +78,30 @@ def shallow_student(
     teacher: nn.Module,
     *,
     every: int = 2,
+    count: int | None = None,
     path: str | None = None,
     blocks: Sequence[int] | None = None,
     data: Iterable[Any] | None = None,
 ) -> nn.Module:
-    """A copy of `teacher` with fewer of its repeated blocks: as many as every `every`-th would keep.
+    """A copy of `teacher` with `count` of its repeated blocks (default: as many as every `every`-th).
 
     Which ones: `blocks` (indices) if given; else, with `data` (calibration batches), the subset
-    chosen by `select_blocks`; else blocks 0, every, 2*every, ...
+    chosen by `select_blocks`; else blocks spread evenly from the first (0, every, 2*every, ...).
     """
     if every < 1:
         raise UserError(f"shallow_student: every must be >= 1, got {every}")
     student = copy.deepcopy(teacher)
     path = path or repeated_blocks(student)
-    count = len(range(0, len(_stack(student, path)), every))
+    n = len(_stack(student, path))
+    evenly = list(range(0, n, every)) if count is None else [i * n // count for i in range(count)]
+    if not 1 <= len(evenly) <= n:
+        raise UserError(f"shallow_student: cannot keep {count} of the {n} blocks of {path!r}")
     if blocks is not None:
         keep = sorted(blocks)
     elif data is not None:
-        keep = select_blocks(student, path, count, data)
+        keep = select_blocks(student, path, len(evenly), data)
     else:
-        keep = list(range(0, len(_stack(student, path)), every))
+        keep = evenly
     _keep(student, path, keep)
     add_transform(student, "keep_blocks", {"path": path, "keep": keep})
     return student
@@ -128,7 +132,10 @@ def _distance(
     model: nn.Module, path: str, keep: list[int], inputs: list[Any], reference: list[torch.Tensor]
 ) -> float:
     trial = _keep(copy.deepcopy(model), path, keep)
-    gaps = [1 - F.cosine_similarity(_flat(call(trial, x)), ref, dim=1) for x, ref in zip(inputs, reference)]
+    gaps = [
+        1 - F.cosine_similarity(_flat(call(trial, x)), ref, dim=1)
+        for x, ref in zip(inputs, reference, strict=True)
+    ]
     return float(torch.cat(gaps).mean())
 
 

@@ -99,9 +99,13 @@ def fit(
                 cb.after_epoch(model, epoch)
         record = {"epoch": float(epoch + 1), "loss": running / max(seen, 1)}
         history.append(record)
+        # an epoch competes for best only once schedules (gradual pruning) have finished: restoring
+        # or stopping at an earlier one would undo their work
+        settled = all(getattr(cb, "done", True) for cb in callbacks)
         if evaluate is not None:
             record["metric"] = evaluate(model)
-            best.offer(model, record["metric"], epoch)
+            if settled:
+                best.offer(model, record["metric"], epoch)
         if checkpoint is not None and is_main():
             save_checkpoint(
                 checkpoint,
@@ -113,7 +117,7 @@ def fit(
                 history=history,
                 best=best.state,
             )
-        if evaluate is not None and patience is not None and epoch - best.epoch >= patience:
+        if evaluate is not None and patience is not None and settled and epoch - best.epoch >= patience:
             break
     if keep_best and best.state is not None:
         model.load_state_dict(best.state)

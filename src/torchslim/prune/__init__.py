@@ -9,6 +9,7 @@ automatic per-layer sparsity), `schedule` (cubic schedule, gradual pruning callb
 
 from __future__ import annotations
 
+from torchslim.prune import blocks_stage as blocks_stage  # kind: blocks (depth pruning)
 from torchslim.prune import channel_stage as channel_stage  # ChannelConfig, kind: channel, channel_prune
 from torchslim.prune import codecs as codecs
 from torchslim.prune.api import PRUNERS, PruneReport, prune_, prune_unstructured

@@ -21,7 +21,17 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from torchslim.atomic import temp_dir_beside
+from torchslim.errors import UserError
 from torchslim.io import set_source
+
+HOLDOUT_SEED = 97
+
+
+def holdout_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) indices of n examples: a fixed random `fraction` is held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    k = round(fraction * n)
+    return order[k:].sort().values, order[:k].sort().values
 
 
 def cache_root() -> Path:
@@ -63,12 +73,19 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def train_loader(
-        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True, holdout: float = 0.0
     ) -> Iterable[Any]:
-        """Shuffled training batches; `augment` applies the task's train-time augmentation, if any."""
+        """Shuffled training batches; `augment` applies the task's train-time augmentation, if any;
+        `holdout` leaves out the fraction that `validate` measures on."""
 
     @abc.abstractmethod
     def test_loader(self, batch_size: int | None = None) -> Iterable[Any]: ...
+
+    def validate(self, model: nn.Module, holdout: float) -> float:
+        """The task metric on the `holdout` fraction of the training data that `train_loader(...,
+        holdout=holdout)` leaves out (`holdout_split`): to pick epochs without looking at the test split.
+        The baseline was trained on all of it, so the number runs high; it ranks epochs of one run."""
+        raise UserError(f"task {self.name!r} has no validation split; train without `validate`")
 
     def calibration_loader(self, batches: int = 8, batch_size: int | None = None) -> list[Any]:
         """A few training batches in a fixed order, for calibration and importance statistics."""

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.metrics.accuracy import top1_accuracy
 from torchslim.metrics.latency import threads
-from torchslim.zoo.base import Task
+from torchslim.zoo.base import Task, holdout_split
 
 
 class _Augmented:
@@ -51,16 +51,27 @@ class ClassificationTask(Task):
         return x
 
     def train_loader(
-        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True, holdout: float = 0.0
     ) -> Iterable[Any]:
         """Shuffled training batches, augmented as the baseline was trained: recovery after
         compression then learns from the distribution the baseline learned from."""
-        ds = TensorDataset(self.data["x_train"], self.data["y_train"])
+        ds = self._train_part(holdout, validation=False)
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(ds, batch_size=batch_size or self.train_batch, shuffle=True, generator=gen)
         if not augment or type(self).augment is ClassificationTask.augment:
             return loader
         return _Augmented(loader, self.augment, seed)
+
+    def _train_part(self, holdout: float, *, validation: bool) -> TensorDataset:
+        x, y = self.data["x_train"], self.data["y_train"]
+        if not holdout:
+            return TensorDataset(x, y)
+        rows = holdout_split(len(y), holdout)[1 if validation else 0]
+        return TensorDataset(x[rows], y[rows])
+
+    def validate(self, model: nn.Module, holdout: float) -> float:
+        loader = DataLoader(self._train_part(holdout, validation=True), batch_size=self.test_batch)
+        return top1_accuracy(model, loader)
 
     def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
         ds = TensorDataset(self.data["x_test"], self.data["y_test"])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchslim.zoo.base import Task
+from torchslim.zoo.base import Task, holdout_split
 from torchslim.zoo.text_augment import augment_sentences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is first imported: never reach the hub
@@ -85,14 +85,14 @@ def _cosine_matrix(emb: torch.Tensor) -> torch.Tensor:
 class _AugmentedText:
     """One epoch of augmented training sentences, reproducible per seed, with fp32 targets."""
 
-    def __init__(self, task: MiniLM, batch_size: int, seed: int) -> None:
-        self.task, self.batch_size, self.seed = task, batch_size, seed
+    def __init__(self, task: MiniLM, texts: list[str], batch_size: int, seed: int) -> None:
+        self.task, self.texts, self.batch_size, self.seed = task, texts, batch_size, seed
 
     def __len__(self) -> int:
-        return -(-len(self.task.data["train_text"]) // self.batch_size)
+        return -(-len(self.texts) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
-        texts: list[str] = self.task.data["train_text"]
+        texts = self.texts
         rng = random.Random(self.seed)
         order = list(range(len(texts)))
         rng.shuffle(order)
@@ -178,25 +178,52 @@ class MiniLM(Task):
             model.train(was_training)
 
     def _loader(
-        self, split: str, batch_size: int, generator: torch.Generator | None = None
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        rows: torch.Tensor | None = None,
     ) -> DataLoader[Any]:
         ids, mask = self.data[split]
-        ds = TensorDataset(ids, mask, self.data[f"{split}_ref"])
+        ref = self.data[f"{split}_ref"]
+        if rows is not None:
+            ids, mask, ref = ids[rows], mask[rows], ref[rows]
         shuffle = generator is not None
         return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=_collate
+            TensorDataset(ids, mask, ref),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=_collate,
         )
 
+    def _train_rows(self, holdout: float, *, validation: bool = False) -> torch.Tensor:
+        n = len(self.data["train_text"])
+        return holdout_split(n, holdout)[1 if validation else 0] if holdout else torch.arange(n)
+
     def train_loader(
-        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True
+        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True, holdout: float = 0.0
     ) -> Iterable[Any]:
         """Shuffled batches `((input_ids, attention_mask), reference_embedding)`. With `augment`, each
         sentence is replaced by a variant (`torchslim.zoo.text_augment`), its reference embedding
         computed by the fp32 model; calibration (`augment=False`) sees the held sentences only."""
-        size = batch_size or TRAIN_BATCH
+        size, rows = batch_size or TRAIN_BATCH, self._train_rows(holdout)
         if not augment:
-            return self._loader("train", size, torch.Generator().manual_seed(seed))
-        return _AugmentedText(self, size, seed)
+            return self._loader("train", size, torch.Generator().manual_seed(seed), rows)
+        texts = [self.data["train_text"][i] for i in rows.tolist()]
+        return _AugmentedText(self, texts, size, seed)
+
+    def validate(self, model: nn.Module, holdout: float) -> float:
+        """Mean cosine to the fp32 embeddings on the held-out training sentences."""
+        loader = self._loader("train", TEST_BATCH, rows=self._train_rows(holdout, validation=True))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                cos = torch.cat([F.cosine_similarity(model(*x), ref, dim=-1) for x, ref in loader])
+        finally:
+            model.train(was_training)
+        return max(0.0, float(cos.mean()))
 
     def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
         return self._loader("test", batch_size or TEST_BATCH)

@@ -1,0 +1,68 @@
+"""Validation on held-out training data: the split, the recipe `validate:` block, best epoch kept."""
+
+import pytest
+import torch
+
+import torchslim as ts
+from torchslim import zoo
+from torchslim.distill.trainer import fit
+from torchslim.errors import UserError
+from torchslim.zoo.base import holdout_split
+
+
+def test_holdout_split_is_fixed_disjoint_and_complete() -> None:
+    train, val = holdout_split(100, 0.1)
+    again = holdout_split(100, 0.1)
+    assert torch.equal(train, again[0]) and torch.equal(val, again[1])
+    assert len(val) == 10 and sorted(train.tolist() + val.tolist()) == list(range(100))
+    assert val.tolist() != list(range(90, 100))  # drawn at random, not the tail
+
+
+def test_training_batches_leave_out_what_validation_measures() -> None:
+    task = zoo.get("mnist1d-cnn")
+    train = torch.cat([x for x, _ in task.train_loader(holdout=0.2, augment=False)])
+    assert len(train) == 3200
+    held = task.data["x_train"][holdout_split(4000, 0.2)[1]]
+    seen = {tuple(row.flatten().tolist()) for row in train}
+    assert not any(tuple(row.flatten().tolist()) in seen for row in held)
+    model = task.model()
+    assert task.validate(model, 0.2) > 0.95  # the baseline trained on these rows too
+
+
+def test_validate_block_keeps_the_best_epoch(tmp_path) -> None:
+    stage = {"finetune": {"epochs": 3, "lr": 0.05, "validate": {"holdout": 0.1}}}
+    report = ts.run_recipe({"model": "zoo:mnist1d-cnn", "stages": [stage]}, tmp_path / "out")
+    history = report["stages"][1]["history"]
+    assert [r["epoch"] for r in history] == [1.0, 2.0, 3.0] and all("metric" in r for r in history)
+    task = zoo.get("mnist1d-cnn")
+    final = ts.load(tmp_path / "out" / "model")
+    assert task.validate(final, 0.1) == pytest.approx(max(r["metric"] for r in history))
+
+
+def test_patience_waits_for_a_gradual_schedule_to_finish() -> None:
+    class Schedule:
+        done = False
+
+        def after_epoch(self, model, epoch):
+            self.done = epoch >= 3  # finished in the 4th epoch (0-based index 3)
+
+    task = zoo.get("mnist1d-cnn")
+    model = task.build(width=0.25)
+    scores = iter([0.9, 0.1, 0.1, 0.1, 0.1, 0.1])  # the best epoch comes before the schedule ends
+    history = fit(
+        model,
+        lambda e: list(task.train_loader(seed=e))[:2],
+        lambda m, x, y: task.loss(m(x), y),
+        epochs=6,
+        lr=1e-3,
+        callbacks=[Schedule()],
+        evaluate=lambda m: next(scores),
+        keep_best=True,
+        patience=1,
+    )
+    assert len(history) == 5  # epochs 1-3 never compete; epoch 4 is best, 5 stops
+
+
+def test_a_task_without_a_validation_split_says_so(tiny_task) -> None:
+    with pytest.raises(UserError, match="tiny-digits' has no validation split"):
+        tiny_task.validate(tiny_task.model(), 0.1)
