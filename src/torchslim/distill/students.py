@@ -47,7 +47,7 @@ def _stack(model: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
 
 def _keep(model: nn.Module, path: str, keep: list[int]) -> nn.Module:
     stack = _stack(model, path)
-    if not keep or max(keep) >= len(stack) or min(keep) < 0:
+    if not keep or max(keep) >= len(stack) or min(keep) < 0 or len(set(keep)) != len(keep):
         raise UserError(f"keep_blocks: indices {keep} do not fit {path!r} of {len(stack)} blocks")
     kept = [stack[i] for i in keep]
     new = nn.ModuleList(kept) if isinstance(stack, nn.ModuleList) else nn.Sequential(*kept)
