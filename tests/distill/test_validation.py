@@ -1,4 +1,4 @@
-"""Validation on held-out training data: the split, the recipe `validate:` block, best epoch kept."""
+"""Validation on held-out training data: the split, the recipe `validation:` block, best epoch kept."""
 
 import pytest
 import torch
@@ -29,8 +29,8 @@ def test_training_batches_leave_out_what_validation_measures() -> None:
     assert task.validate(model, 0.2) > 0.95  # the baseline trained on these rows too
 
 
-def test_validate_block_keeps_the_best_epoch(tmp_path) -> None:
-    stage = {"finetune": {"epochs": 3, "lr": 0.05, "validate": {"holdout": 0.1}}}
+def test_validation_block_keeps_the_best_epoch(tmp_path) -> None:
+    stage = {"finetune": {"epochs": 3, "lr": 0.05, "validation": {"holdout": 0.1}}}
     report = ts.run_recipe({"model": "zoo:mnist1d-cnn", "stages": [stage]}, tmp_path / "out")
     history = report["stages"][1]["history"]
     assert [r["epoch"] for r in history] == [1.0, 2.0, 3.0] and all("metric" in r for r in history)

@@ -16,7 +16,7 @@ from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
 
 
-class ValidateSpec(BaseModel):
+class ValidationSpec(BaseModel):
     """Validation each epoch on a held-out part of the training data (never the test split)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,20 +30,20 @@ class ValidateSpec(BaseModel):
 
 def _training(ctx: Any, spec: Any) -> dict[str, Any]:
     """The loader and validation arguments shared by the training stages."""
-    task, holdout = ctx.task, spec.validate.holdout if spec.validate else 0.0
+    task, holdout = ctx.task, spec.validation.holdout if spec.validation else 0.0
 
     split = {"holdout": holdout} if holdout else {}  # a user's task need not know the argument
 
     def loader(epoch: int) -> Any:
         return task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch, **split)
 
-    if spec.validate is None:
+    if spec.validation is None:
         return {"loader": loader}
     return {
         "loader": loader,
         "evaluate": lambda model: task.validate(model, holdout),
-        "keep_best": spec.validate.keep_best,
-        "patience": spec.validate.patience,
+        "keep_best": spec.validation.keep_best,
+        "patience": spec.validation.patience,
     }
 
 
@@ -57,7 +57,7 @@ class FinetuneSpec(StageSpec):
     """Training batch size; the task's default when null."""
     regularize: RegularizeSpec = RegularizeSpec()
     """Sparsity-inducing penalties added to the loss."""
-    validate: ValidateSpec | None = None
+    validation: ValidationSpec | None = None
     """Per-epoch validation on held-out training data, best epoch kept, optional early stopping."""
 
 
@@ -107,7 +107,7 @@ class DistillSpec(StageSpec):
     attention_weight: float = Field(1.0, ge=0)
     """Weight of the attention-map term (the mean KL over the `attention` pairs)."""
     regularize: RegularizeSpec = RegularizeSpec()
-    validate: ValidateSpec | None = None
+    validation: ValidationSpec | None = None
     """Per-epoch validation on held-out training data, best epoch kept, optional early stopping."""
 
 

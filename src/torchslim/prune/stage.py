@@ -16,7 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from torchslim.config import SparsityConfig
@@ -136,18 +144,12 @@ class UnstructuredSpec(StageSpec):
     batches: int = Field(8, ge=1, le=1024)
     """Calibration batches for data-driven criteria and the sensitivity scan."""
 
-    @field_validator("importance")
+    @field_validator("importance", "normalize")
     @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in IMPORTANCE:
-            raise ValueError(IMPORTANCE.unknown_message(value))
-        return value
-
-    @field_validator("normalize")
-    @classmethod
-    def _known_normalizer(cls, value: str) -> str:
-        if value not in NORMALIZERS:
-            raise ValueError(NORMALIZERS.unknown_message(value))
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        registry = IMPORTANCE if info.field_name == "importance" else NORMALIZERS
+        if value not in registry:
+            raise ValueError(registry.unknown_message(value))
         return value
 
     @model_validator(mode="after")
