@@ -63,6 +63,8 @@ def test_patience_waits_for_a_gradual_schedule_to_finish() -> None:
     assert len(history) == 5  # epochs 1-3 never compete; epoch 4 is best, 5 stops
 
 
-def test_a_task_without_a_validation_split_says_so(tiny_task) -> None:
-    with pytest.raises(UserError, match="tiny-digits' has no validation split"):
-        tiny_task.validate(tiny_task.model(), 0.1)
+def test_a_task_without_a_validation_split_says_so_before_training(tmp_path) -> None:
+    stage = {"finetune": {"epochs": 1, "validation": {"holdout": 0.1}}}
+    with pytest.raises(UserError, match="tiny-digits' has no validation split; train without `validation`"):
+        ts.run_recipe({"model": "zoo:tiny-digits", "stages": [stage]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from torchslim.distill.api import distill
 from torchslim.distill.trainer import fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
+from torchslim.zoo.base import Task
 
 
 class ValidationSpec(BaseModel):
@@ -31,7 +32,8 @@ class ValidationSpec(BaseModel):
 def _training(ctx: Any, spec: Any) -> dict[str, Any]:
     """The loader and validation arguments shared by the training stages."""
     task, holdout = ctx.task, spec.validation.holdout if spec.validation else 0.0
-
+    if holdout and type(task).validate is Task.validate:
+        task.validate(ctx.model, holdout)  # the task's own clear error, before any training
     split = {"holdout": holdout} if holdout else {}  # a user's task need not know the argument
 
     def loader(epoch: int) -> Any:

@@ -85,7 +85,7 @@ class Task(abc.ABC):
         """The task metric on the `holdout` fraction of the training data that `train_loader(...,
         holdout=holdout)` leaves out (`holdout_split`): to pick epochs without looking at the test split.
         The baseline was trained on all of it, so the number runs high; it ranks epochs of one run."""
-        raise UserError(f"task {self.name!r} has no validation split; train without `validate`")
+        raise UserError(f"task {self.name!r} has no validation split; train without `validation`")
 
     def calibration_loader(self, batches: int = 8, batch_size: int | None = None) -> list[Any]:
         """A few training batches in a fixed order, for calibration and importance statistics."""
