@@ -83,7 +83,8 @@ class SparsityConfig(BaseConfig):
     retain: float | None = None
     """Alternative to `sparsity`: the fraction of selected weights kept, in (0, 1] (0.9 keeps 90%)."""
     importance: str = "magnitude"
-    """Criterion by registered name: magnitude, taylor, entropy, random, or a user's own."""
+    """Criterion by registered name: magnitude, magnitude_bn (BatchNorm folded in), taylor, entropy,
+    random, or a user's own."""
     scope: Literal["layer", "global"] = "layer"
     """`layer`: each layer reaches the sparsity; `global`: one ranking across all selected layers."""
     allocation: Literal["uniform", "auto"] = "uniform"

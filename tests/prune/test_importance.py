@@ -106,3 +106,37 @@ def test_every_criterion_beats_random_at_high_sparsity(tiny_task, criterion) -> 
         return tiny_task.evaluate(model)
 
     assert accuracy(criterion) > accuracy("random") + 0.15  # random: 0.12, the dense model: 0.88
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, bias=False)
+        self.bn = nn.BatchNorm1d(4)
+        self.side = nn.Conv1d(1, 4, 3)
+        self.bn2 = nn.BatchNorm1d(4)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.side(x)  # goes to bn2 and to the sum: no single BatchNorm to fold
+        return self.head((self.bn(self.conv(x)) + self.bn2(side) + side).flatten(1))
+
+
+def test_magnitude_bn_scores_the_weight_with_the_batchnorm_folded_in() -> None:
+    from torchslim.prune.importance import batchnorm_gains
+
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    gamma, var = torch.tensor([4.0, -1.0, 1.0, 0.25]), torch.tensor([1.0, 4.0, 1.0, 1.0])
+    with torch.no_grad():
+        model.bn.weight.copy_(gamma)
+        model.bn.running_var.copy_(var)
+    data = [(torch.randn(5, 1, 10), torch.zeros(5, dtype=torch.long))]
+    gains = batchnorm_gains(model, find_targets(model), data[0][0])
+    assert set(gains) == {"conv"}
+    assert torch.allclose(gains["conv"], gamma.abs() / torch.sqrt(var + 1e-5))
+    scores = IMPORTANCE.get("magnitude_bn").fn(ImportanceInput(model, find_targets(model), data))
+    w = model.conv.weight.detach()
+    assert torch.allclose(scores["conv"], (w * gains["conv"].view(-1, 1, 1)).square())
+    assert torch.allclose(scores["side"], model.side.weight.detach().square())
+    assert torch.allclose(scores["head"], model.head.weight.detach().square())

@@ -82,6 +82,50 @@ for _name in ("magnitude", "l1"):
 register_importance("l2", elementwise(torch.square))
 
 
+@register_importance("magnitude_bn", needs_data=True)
+def magnitude_bn(inp: ImportanceInput) -> Scores:
+    """Squared magnitude of the weight the network computes with, BatchNorm folded in.
+
+    A Linear or convolution whose output goes only to a BatchNorm is, at inference, one linear map
+    with weight w * gamma / sqrt(var + eps) per output channel (deployment folds it so); a weight's
+    plain magnitude misjudges channels the BatchNorm amplifies or damps. Scores are in power units
+    (squared), as LAMP's distortion bound is stated, so pair it with `normalize="lamp"`: per-channel
+    gains then re-rank weights within a layer while the layer's overall scale cancels. One
+    calibration batch traces which BatchNorm consumes which layer; other layers score as `l2`.
+    """
+    assert inp.data is not None
+    gains = batchnorm_gains(inp.model, inp.targets, split(inp.data[0])[0])
+    out = {}
+    for t in inp.targets:
+        w = inp.weight(t).float()
+        if t.name in gains:
+            w = w * gains[t.name].reshape(-1, *[1] * (w.dim() - 1))
+        out[t.name] = w.square()
+    return out
+
+
+FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layers whose weight has output channels first, as a following BatchNorm scales them."""
+
+
+def batchnorm_gains(model: nn.Module, targets: Sequence[Target], inputs: Any) -> dict[str, torch.Tensor]:
+    """Per target (a layer's `weight`) whose output goes only to a BatchNorm: gamma / sqrt(var + eps)."""
+    from torchslim.quant.flow import only_consumer, trace  # the tracer static int8 folds BatchNorm with
+
+    layers = {t.module_name: t for t in targets if t.param == "weight" and isinstance(t.module, FOLDABLE)}
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not layers or not norms:
+        return {}
+    flow = trace(model, {**{n: t.module for n, t in layers.items()}, **norms}, inputs, frozenset())
+    gains = {}
+    for name, t in layers.items():
+        bn = norms.get(only_consumer(flow, name) or "")
+        if bn is not None and bn.running_var is not None:
+            gain = torch.rsqrt(bn.running_var.detach().float() + bn.eps)
+            gains[t.name] = gain * bn.weight.detach().float().abs() if bn.weight is not None else gain
+    return gains
+
+
 @register_importance("random")
 def random_scores(inp: ImportanceInput) -> Scores:
     """The baseline every criterion must beat: uniform random scores (seeded)."""

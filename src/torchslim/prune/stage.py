@@ -124,7 +124,7 @@ class UnstructuredSpec(StageSpec):
     retain: float | None = Field(None, gt=0, le=1)
     """Instead of sparsity: the fraction of selected weights kept."""
     importance: str = "magnitude"
-    """Criterion: magnitude, taylor, entropy, random or a registered one."""
+    """Criterion: magnitude, magnitude_bn, taylor, entropy, random or a registered one."""
     scope: Literal["layer", "global"] = "layer"
     allocation: Literal["uniform", "auto"] = "uniform"
     """auto: per-layer sparsity from a sensitivity scan on calibration batches."""
