@@ -1,5 +1,6 @@
-"""Distillation: a small mnist1d student with and without a teacher, a 3-layer MiniLM student (with
-and without attention-map transfer), and data-parallel training in two processes against one."""
+"""Distillation: small mnist1d students with and without a teacher, recovery of a channel-pruned
+mnist1d model by distillation against fine-tuning, 3-layer MiniLM students (which blocks are kept,
+which transfer set, attention-map transfer), and data-parallel training in two processes against one."""
 
 from __future__ import annotations
 
