@@ -61,6 +61,7 @@ def test_patience_waits_for_a_gradual_schedule_to_finish() -> None:
         patience=1,
     )
     assert len(history) == 5  # epochs 1-3 never compete; epoch 4 is best, 5 stops
+    assert [r["competes"] for r in history] == [0.0, 0.0, 0.0, 1.0, 1.0]  # what a resumed run reads
 
 
 def test_a_task_without_a_validation_split_says_so_before_training(tmp_path) -> None:

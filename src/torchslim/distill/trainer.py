@@ -74,7 +74,7 @@ def fit(
         done = load_checkpoint(checkpoint, model, optimizer, scheduler)
         start, step, history = done["epoch"] + 1, done["step"], done["history"]
     best = _Best()
-    scored = [r for r in history if "metric" in r]
+    scored = [r for r in history if "metric" in r and r.get("competes", 1.0)]
     if scored:
         top = max(scored, key=lambda r: r["metric"])
         best.metric, best.epoch, best.state = top["metric"], int(top["epoch"]) - 1, done["best"]
@@ -104,6 +104,7 @@ def fit(
         settled = all(getattr(cb, "done", True) for cb in callbacks)
         if evaluate is not None:
             record["metric"] = evaluate(model)
+            record["competes"] = float(settled)  # kept in the history, so a resumed run agrees
             if settled:
                 best.offer(model, record["metric"], epoch)
         if checkpoint is not None and is_main():
