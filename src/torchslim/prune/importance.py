@@ -109,21 +109,14 @@ FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def batchnorm_gains(model: nn.Module, targets: Sequence[Target], inputs: Any) -> dict[str, torch.Tensor]:
-    """Per target (a layer's `weight`) whose output goes only to a BatchNorm: gamma / sqrt(var + eps)."""
-    from torchslim.quant.flow import only_consumer, trace  # the tracer static int8 folds BatchNorm with
+    """Per target (a layer's `weight`) whose output goes only to a BatchNorm: |gamma| / sqrt(var + eps)."""
+    # the pairing static int8 folds BatchNorm with
+    from torchslim.quant.flow import batchnorm_factor, sole_batchnorms
 
     layers = {t.module_name: t for t in targets if t.param == "weight" and isinstance(t.module, FOLDABLE)}
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    if not layers or not norms:
-        return {}
-    flow = trace(model, {**{n: t.module for n, t in layers.items()}, **norms}, inputs, frozenset())
-    gains = {}
-    for name, t in layers.items():
-        bn = norms.get(only_consumer(flow, name) or "")
-        if bn is not None and bn.running_var is not None:
-            gain = torch.rsqrt(bn.running_var.detach().float() + bn.eps)
-            gains[t.name] = gain * bn.weight.detach().float().abs() if bn.weight is not None else gain
-    return gains
+    modules = {name: t.module for name, t in layers.items()}
+    pairs = sole_batchnorms(model, modules, inputs, types=(nn.modules.batchnorm._BatchNorm,))
+    return {layers[name].name: batchnorm_factor(bn).detach().float().abs() for name, (_, bn) in pairs.items()}
 
 
 @register_importance("random")

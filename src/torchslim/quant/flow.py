@@ -118,33 +118,49 @@ def only_consumer(flow: Flow, name: str) -> str | None:
     return users[0] if alone and flow.calls[users[0]] == 1 else None
 
 
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def sole_batchnorms(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    inputs: Any,
+    types: tuple[type[nn.modules.batchnorm._BatchNorm], ...] = BATCHNORMS,
+) -> dict[str, tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """{layer: (name, batchnorm)} for each of `layers` whose output goes only to a BatchNorm of
+    `types` with running statistics, traced on `inputs`."""
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, types) and m.running_mean is not None}
+    if not norms or not layers:
+        return {}
+    flow = trace(model, {**layers, **norms}, inputs, frozenset())
+    pairs = {name: only_consumer(flow, name) for name in layers}
+    return {name: (bn, norms[bn]) for name, bn in pairs.items() if bn is not None and bn in norms}
+
+
+def batchnorm_factor(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """gamma / sqrt(var + eps) per channel: what an eval-mode BatchNorm multiplies its input by."""
+    assert bn.running_var is not None
+    factor = torch.rsqrt(bn.running_var + bn.eps)
+    return factor * bn.weight if bn.weight is not None else factor
+
+
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, convs: Mapping[str, nn.Module], inputs: Any) -> dict[str, str]:
     """Fold each BatchNorm that alone consumes one of `convs` into it; returns {conv: batchnorm}."""
-    norms = {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None
-    }
-    if not norms or not convs:
-        return {}
-    flow = trace(model, {**convs, **norms}, inputs, frozenset())
     folded: dict[str, str] = {}
-    for name, conv in convs.items():
-        bn_name = only_consumer(flow, name)
-        if bn_name is not None and bn_name in norms and not parametrize.is_parametrized(conv):
-            fold_into(conv, norms[bn_name])
+    for name, (bn_name, bn) in sole_batchnorms(model, convs, inputs).items():
+        conv = convs[name]
+        if not parametrize.is_parametrized(conv):
+            fold_into(conv, bn)
             replace(model, bn_name, nn.Identity())
             folded[name] = bn_name
     return folded
 
 
-def fold_into(conv: nn.Module, bn: nn.Module) -> None:
-    assert isinstance(conv, (nn.Conv1d, nn.Conv2d)) and isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d))
+def fold_into(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    assert isinstance(conv, (nn.Conv1d, nn.Conv2d)) and isinstance(bn, BATCHNORMS)
     assert bn.running_mean is not None and bn.running_var is not None
-    factor = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        factor = factor * bn.weight
+    factor = batchnorm_factor(bn)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     bias = (bias - bn.running_mean) * factor + (bn.bias if bn.bias is not None else 0.0)
     conv.weight.copy_(conv.weight * factor.reshape(-1, *[1] * (conv.weight.dim() - 1)))

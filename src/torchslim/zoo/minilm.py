@@ -215,15 +215,7 @@ class MiniLM(Task):
 
     def validate(self, model: nn.Module, holdout: float) -> float:
         """Mean cosine to the fp32 embeddings on the held-out training sentences."""
-        loader = self._loader("train", TEST_BATCH, rows=self._train_rows(holdout, validation=True))
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                cos = torch.cat([F.cosine_similarity(model(*x), ref, dim=-1) for x, ref in loader])
-        finally:
-            model.train(was_training)
-        return max(0.0, float(cos.mean()))
+        return self._cosine(model, "train", self._train_rows(holdout, validation=True))
 
     def test_loader(self, batch_size: int | None = None) -> DataLoader[Any]:
         return self._loader("test", batch_size or TEST_BATCH)
@@ -238,8 +230,14 @@ class MiniLM(Task):
 
     def evaluate(self, model: nn.Module) -> float:
         """Mean cosine similarity to the fp32 embeddings on the test sentences (clipped at 0)."""
-        emb = self._embed(model, "test")
-        return max(0.0, float(F.cosine_similarity(emb, self.data["test_ref"], dim=-1).mean()))
+        return self._cosine(model, "test")
+
+    def _cosine(self, model: nn.Module, split: str, rows: torch.Tensor | None = None) -> float:
+        (ids, mask), ref = self.data[split], self.data[f"{split}_ref"]
+        if rows is not None:
+            ids, mask, ref = ids[rows], mask[rows], ref[rows]
+        emb = self._embed(model, split, tokens=(ids, mask))
+        return max(0.0, float(F.cosine_similarity(emb, ref, dim=-1).mean()))
 
     def retrieval_agreement(self, model: nn.Module) -> float:
         """Fraction of test sentences whose nearest other test sentence is the same as under fp32."""
