@@ -181,6 +181,10 @@ class QuantConfig(BaseConfig):
     unused. None: every layer gets `bits`."""
     bit_choices: tuple[int, ...] = (8, 6, 4, 3, 2)
     """Widths mixed precision may pick from; 32 lets it keep a sensitive layer in float."""
+    reduce_range: bool | None = None
+    """8-bit weights on half the grid ([-63, 63]), as onnxruntime's `reduce_range`: x86 integer kernels
+    without VNNI sum pairs of u8*s8 products in int16 and saturate on the full grid. None: on whenever
+    activations are quantized (the model runs on integer kernels), off for weight-only."""
 
     def __post_init__(self) -> None:
         _check(2 <= self.bits <= 8, "QuantConfig", "bits", f"must be in 2..8, got {self.bits}")

@@ -128,3 +128,22 @@ def test_embedding_int4_gather_matches_full_table(tmp_path) -> None:
     full = model[0].weight()[ids]
     assert torch.equal(model(ids), full)  # gathering packed rows == indexing the dequantized table
     assert model[0].qweight.numel() == 100 * 32 // 2
+
+
+@pytest.mark.parametrize(
+    ("config", "qmax"),
+    [
+        (ts.QuantConfig(activations="static"), 63),  # integer kernels: half grid by default
+        (ts.QuantConfig(activations="dynamic"), 63),
+        (ts.QuantConfig(activations=None), 127),  # weight-only keeps the full grid
+        (ts.QuantConfig(activations="static", reduce_range=False), 127),
+    ],
+)
+def test_reduce_range_default_and_round_trip(tiny_task: Task, tmp_path, config, qmax: int) -> None:
+    model = tiny_task.model()
+    ts.quantize_(model, config, data=_calib(tiny_task))
+    q = model.fc1.int_weight()
+    assert int(q.abs().max()) == qmax  # the row maxima land on the grid's end
+    ts.save(model, tmp_path / "m")
+    loaded = ts.load(tmp_path / "m")
+    assert loaded.fc1.spec.qmax == qmax and torch.equal(loaded.fc1.int_weight(), q)

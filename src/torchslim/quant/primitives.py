@@ -86,14 +86,25 @@ class WeightSpec:
     """per_tensor | per_channel (axis 0) | per_group (groups of `group_size` along the flattened inputs)."""
     group_size: int = 128
     symmetric: bool = True
+    reduce_range: bool = False
+    """Use half the grid (8-bit weights in [-63, 63]) so that x86 u8s8 integer kernels without VNNI,
+    which add pairs of u8*s8 products in int16 (VPMADDUBSW), cannot saturate."""
 
     @property
     def qmin(self) -> int:
-        return qrange(self.bits, self.symmetric)[0]
+        return self._range()[0]
 
     @property
     def qmax(self) -> int:
-        return qrange(self.bits, self.symmetric)[1]
+        return self._range()[1]
+
+    @property
+    def grid_bits(self) -> int:
+        """Bits the grid spans (one less than the storage width under `reduce_range`)."""
+        return self.bits - 1 if self.reduce_range else self.bits
+
+    def _range(self) -> tuple[int, int]:
+        return qrange(self.grid_bits, self.symmetric)
 
 
 def grouped(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
@@ -113,7 +124,8 @@ def grouped(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
 def weight_qparams(w: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scales and zero points shaped [rows, groups, 1] (min/max of each group)."""
     g = grouped(w.detach(), spec)
-    return qparams_from_range(g.amin(-1, keepdim=True), g.amax(-1, keepdim=True), spec.bits, spec.symmetric)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    return qparams_from_range(lo, hi, spec.grid_bits, spec.symmetric)
 
 
 def quantize_weight(

@@ -93,8 +93,12 @@ def layer_spec(mod: nn.Module, config: QuantConfig, bits: int | None = None) -> 
     inputs = _weight(mod)[0].numel()
     if granularity == "per_group" and inputs % config.group_size:
         granularity = "per_channel"
-    spec = WeightSpec(bits or config.bits, granularity, config.group_size, config.symmetric)
-    return spec, None if isinstance(mod, nn.Embedding) else config.activations
+    activations = None if isinstance(mod, nn.Embedding) else config.activations
+    bits = bits or config.bits
+    reduce = config.reduce_range
+    if reduce is None:
+        reduce = activations is not None and bits == 8 and config.kind == "int"
+    return WeightSpec(bits, granularity, config.group_size, config.symmetric, reduce), activations
 
 
 def quantize_(
@@ -238,15 +242,23 @@ def layer_params(mod: nn.Module, spec: WeightSpec, activations: str | None) -> d
         "granularity": spec.granularity,
         "group_size": spec.group_size,
         "symmetric": spec.symmetric,
+        "reduce_range": spec.reduce_range,
         "activations": activations,
     }
+
+
+def replayed_spec(p: dict[str, Any]) -> WeightSpec:
+    """The spec a saved layer was quantized with (`reduce_range` absent in older manifests)."""
+    return WeightSpec(
+        p["bits"], p["granularity"], p["group_size"], p["symmetric"], bool(p.get("reduce_range", False))
+    )
 
 
 @io.TRANSFORMS.register(TRANSFORM)
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Swap the recorded layers for empty quantized ones; packed values load afterwards."""
     for name, p in params["layers"].items():
-        spec = WeightSpec(p["bits"], p["granularity"], p["group_size"], p["symmetric"])
+        spec = replayed_spec(p)
         if p.get("folded_bn"):  # the BatchNorm lives in the weights and bias now
             flow.replace(model, p["folded_bn"], nn.Identity())
             conv = model.get_submodule(name)

@@ -153,6 +153,6 @@ def convert_(model: nn.Module) -> QuantResult:
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Wrap the recorded layers again (their float weights, masks and ranges load afterwards)."""
     for name, p in params["layers"].items():
-        spec = WeightSpec(p["bits"], p["granularity"], p["group_size"], p["symmetric"])
+        spec = ptq.replayed_spec(p)
         _wrap(model, name, model.get_submodule(name), spec, p["activations"])
     return model

@@ -55,6 +55,9 @@ class QuantizeSpec(StageSpec):
     most this fraction of their fp32 size (see `QuantConfig.size_target`)."""
     bit_choices: tuple[int, ...] = (8, 6, 4, 3, 2)
     """Widths mixed precision picks from; 32 keeps a sensitive layer in float."""
+    reduce_range: bool | None = None
+    """8-bit weights on half the grid so x86 u8s8 kernels without VNNI cannot saturate; null: on
+    whenever activations are quantized (see `QuantConfig.reduce_range`)."""
 
     @model_validator(mode="after")
     def _convert_alone(self) -> QuantizeSpec:
@@ -78,6 +81,7 @@ class QuantizeSpec(StageSpec):
             exclude=tuple(self.exclude),
             size_target=self.size_target,
             bit_choices=tuple(self.bit_choices),
+            reduce_range=self.reduce_range,
         )
 
 
