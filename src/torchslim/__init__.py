@@ -14,6 +14,7 @@ from torchslim.metrics import Measurement, measure
 from torchslim.pipeline import run_recipe
 from torchslim.prune import make_permanent, prune_, register_importance
 from torchslim.quant import quantize_
+from torchslim.tasks import Task, register_task
 
 __all__ = [
     "ChannelConfig",
@@ -22,6 +23,7 @@ __all__ = [
     "Measurement",
     "QuantConfig",
     "SparsityConfig",
+    "Task",
     "UserError",
     "__version__",
     "distill",
@@ -34,6 +36,7 @@ __all__ = [
     "prune_",
     "quantize_",
     "register_importance",
+    "register_task",
     "run_recipe",
     "save",
     "zoo",

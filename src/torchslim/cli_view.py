@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from torchslim.pipeline import Reporter
-from torchslim.report import fmt_bytes, fmt_count
+from torchslim.report import fmt_bytes, fmt_count, metric_label
 
 console = Console(stderr=True)
 
@@ -58,7 +58,7 @@ class RichReporter(Reporter):
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:
-    table = Table(title=f"{report['task']} ({report['metric']})")
+    table = Table(title=f"{report['task']} ({metric_label(report)})")
     for col in ("stage", "params", "nonzero", "MACs", "size", "latency", report["metric"]):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in report["stages"]:
@@ -83,18 +83,53 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     )
 
 
-def print_layers(title: str, rows: list[dict[str, Any]]) -> None:
+def print_inspect(title: str, result: dict[str, Any]) -> None:
+    """Per-layer table and totals; the effective-MACs column appears once a layer is sparse."""
+    rows = result["layers"]
+    sparse = any(r["effective_macs"] != r["macs"] for r in rows)
     table = Table(title=title)
-    for col in ("layer", "type", "shape", "params", "sparsity", "MACs", "bits"):
+    cols = [
+        "layer",
+        "type",
+        "shape",
+        "params",
+        "sparsity",
+        "MACs",
+        *(["effective MACs"] if sparse else []),
+        "bits",
+    ]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
     for r in rows:
+        cells = [r["name"], r["type"], "×".join(map(str, r["shape"])), fmt_count(r["params"])]
+        cells += [f"{r['sparsity']:.1%}", fmt_count(r["macs"])]
+        cells += [fmt_count(r["effective_macs"])] if sparse else []
+        table.add_row(*cells, str(r["bits"]))
+    out = Console()
+    out.print(table)
+    if result["macs"] is None:
+        out.print("MACs need example inputs: pass --input-shape 1,3,224,224 (or --task NAME)")
+        return
+    line = f"params {fmt_count(result['params'])} (nonzero {fmt_count(result['nonzero_params'])}), "
+    line += f"MACs {fmt_count(result['macs'])}, effective MACs {fmt_count(result['effective_macs'])}"
+    out.print(line)
+
+
+def print_compare(result: dict[str, Any]) -> None:
+    table = Table(title=f"runs compared ({result['metric']})")
+    for col in ("run", "stage", result["metric"], "size", "nonzero", "MACs", "latency", "compression"):
+        table.add_column(col, justify="left" if col in ("run", "stage") else "right")
+    for r in result["rows"]:
         table.add_row(
-            r["name"],
-            r["type"],
-            "×".join(map(str, r["shape"])),
-            fmt_count(r["params"]),
-            f"{r['sparsity']:.1%}",
+            r["run"],
+            r["stage"],
+            f"{r['metric']:.4f}",
+            fmt_bytes(r["size_bytes"]),
+            fmt_count(r["nonzero_params"]),
             fmt_count(r["macs"]),
-            str(r["bits"]),
+            f"{r['latency_ms']:.3f} ms ({r['runtime']})",
+            f"{r['compression_ratio']:.2f}x",
         )
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    out.print(f"page: {result['html']}")

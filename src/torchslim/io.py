@@ -110,7 +110,10 @@ def add_transform(model: nn.Module, name: str, params: dict[str, Any]) -> None:
 def _zoo_source(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     from torchslim import zoo
 
-    return zoo.get(name).build(**(kwargs or {}))
+    task = zoo.get(name)
+    if not callable(getattr(task, "build", None)):  # a user's task brings data, not an architecture
+        raise ManifestError(f"task {name!r} cannot build a model (it has no `build`)")
+    return task.build(**(kwargs or {}))  # type: ignore[attr-defined]
 
 
 @SOURCES.register("factory")

@@ -27,7 +27,7 @@ from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure, paired_latency
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
-from torchslim.zoo.base import Task
+from torchslim.tasks.protocol import Task
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -86,13 +86,11 @@ def resolve_model(spec: str) -> nn.Module:
     )
 
 
-def resolve_task(recipe_task: str | None, model: nn.Module) -> Task:
-    if recipe_task is not None:
-        return zoo.get(recipe_task)
-    source = io.record_of(model).source or {}
-    if source.get("kind") == "zoo":
-        return zoo.get(source["name"])
-    raise UserError("recipe.task: required when the model does not come from the zoo")
+def resolve_task(recipe_task: str | dict[str, Any] | None, model: nn.Module) -> Task:
+    """The recipe's task (see `torchslim.tasks.resolve`); the model's zoo task when None."""
+    from torchslim.tasks.resolve import resolve_task as resolve
+
+    return resolve(recipe_task, model)
 
 
 def run_recipe(
@@ -167,7 +165,15 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
         if fmt != "torchslim":
             interop.EXPORTERS.get(fmt)(ctx.model, task.example_inputs, work)
     layers = layer_table(ctx.model, task.example_inputs)
-    report = build_report(task.name, task.metric, rows, layers, recipe=recipe.to_dict(), **_charts(rows))
+    report = build_report(
+        task.name,
+        task.metric,
+        rows,
+        layers,
+        higher_is_better=getattr(task, "higher_is_better", True),
+        recipe=recipe.to_dict(),
+        **_charts(rows),
+    )
     write_report(report, work)
     _remove_resume_state(work)
     return report

@@ -82,8 +82,9 @@ class RecipeHead(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     model: str = Field(min_length=1)
     """`zoo:NAME`, `package.module:factory`, a saved model directory, or a `.onnx` file."""
-    task: str | None = None
-    """Zoo task whose data and metric are used; defaults to the model's own zoo task."""
+    task: str | dict[str, Any] | None = None
+    """A registered task name, `package.module:factory` (returns a `ts.Task`), or a data mapping
+    (`torchslim.tasks.spec.DataTaskSpec`); defaults to the model's own zoo task."""
     seed: int = 0
     """Seed for every stage's randomness."""
     stages: list[Any] = Field(default_factory=list)
@@ -93,7 +94,7 @@ class RecipeHead(BaseModel):
 @dataclass(frozen=True)
 class Recipe:
     model: str
-    task: str | None
+    task: str | dict[str, Any] | None
     seed: int
     stages: list[tuple[str, StageSpec]]
     output: OutputSpec
@@ -135,6 +136,8 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
     except ValidationError as exc:
         errors += [(tuple(e["loc"]), _message(e, RecipeHead)) for e in exc.errors()]
         head = None
+    if head is not None and isinstance(head.task, dict):
+        head = head.model_copy(update={"task": _parse_task(head.task, errors)})
     stages = _parse_stages(data.get("stages") or [], errors)
     if errors:
         loc, msg = errors[0]
@@ -144,6 +147,17 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
         raise UserError(f"{source}{_line(node, loc)}: {_dotted(loc)}: {msg}{more}")
     assert head is not None
     return Recipe(head.model, head.task, head.seed, stages, head.output, source)
+
+
+def _parse_task(raw: dict[str, Any], errors: list[tuple[Loc, str]]) -> dict[str, Any]:
+    """A data mapping, validated here so its errors carry the key and line like the rest."""
+    from torchslim.tasks.spec import DataTaskSpec
+
+    try:
+        return DataTaskSpec.model_validate(raw).model_dump(mode="json", exclude_defaults=True)
+    except ValidationError as exc:
+        errors += [(("task", *e["loc"]), _message(e, DataTaskSpec)) for e in exc.errors()]
+        return raw
 
 
 def _parse_stages(raw: Any, errors: list[tuple[Loc, str]]) -> list[tuple[str, StageSpec]]:

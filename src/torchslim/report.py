@@ -24,6 +24,7 @@ _DERIVED = (
     "speedup_comparable",
     "speedup_same_runtime",
     "accuracy_delta",
+    "higher_is_better",
     "torchslim_version",
     "created",
     "layers",
@@ -96,9 +97,17 @@ def validate_report(report: dict) -> None:
 
 
 def build_report(
-    task: str, metric: str, stages: list[dict], layers: list[dict] | None = None, **extra: Any
+    task: str,
+    metric: str,
+    stages: list[dict],
+    layers: list[dict] | None = None,
+    *,
+    higher_is_better: bool = True,
+    **extra: Any,
 ) -> dict:
-    """Assemble the report from measured stages; the headline numbers are derived here, never passed in."""
+    """Assemble the report from measured stages; the headline numbers are derived here, never passed in.
+    `higher_is_better` is False for metrics such as mse or perplexity (stage rows keep the metric under
+    `accuracy`, the field name of the report format)."""
     from torchslim import __version__  # lazy: the package __init__ may import modules that import this one
 
     _check({"stages": stages}, {"stages": _STAGES}, "report")
@@ -116,6 +125,7 @@ def build_report(
         "speedup_comparable": first["runtime"] == last["runtime"],
         **({"speedup_same_runtime": last["speedup_same_runtime"]} if "speedup_same_runtime" in last else {}),
         "accuracy_delta": round(last["accuracy"] - first["accuracy"], 6),
+        "higher_is_better": higher_is_better,
         "torchslim_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -338,7 +348,7 @@ def _card(label: str, value: str, sub: str, warn: bool = False) -> str:
 
 def _headline(report: dict) -> str:
     """Three cards: what shrank, what sped up, what it cost; a plain warning when speedups mix runtimes."""
-    first, last, metric = report["stages"][0], report["stages"][-1], report["metric"]
+    first, last = report["stages"][0], report["stages"][-1]
     comparable = report.get("speedup_comparable", first["runtime"] == last["runtime"])
     was, now = (f"{_fmt_ms(s['latency_ms'])} ({s['runtime']})" for s in (first, last))
     sizes = f"{fmt_bytes(first['size_bytes'])} → {fmt_bytes(last['size_bytes'])} on disk"
@@ -352,7 +362,7 @@ def _headline(report: dict) -> str:
             warn=not comparable,
         ),
         _card(
-            f"{metric}, baseline → final",
+            f"{metric_label(report)}, baseline → final",
             f"{first['accuracy']:.4f} → {last['accuracy']:.4f}",
             f"change {last['accuracy'] - first['accuracy']:+.4f}",
         ),
@@ -372,6 +382,12 @@ def _headline(report: dict) -> str:
             f"mixes the effect of compression with the effect of changing runtime.{like}</p>"
         )
     return "\n".join(out)
+
+
+def metric_label(report: dict) -> str:
+    """The metric's name, flagged when lower is better (errors, perplexity)."""
+    lower = report.get("higher_is_better") is False
+    return f"{report['metric']} (lower is better)" if lower else report["metric"]
 
 
 def _stage_table(report: dict) -> str:
@@ -426,7 +442,7 @@ def _stage_charts(report: dict) -> str:
         names, [s["accuracy"] for s in stages], f"{metric} per stage", metric, lambda v: f"{v:.4f}"
     )
     lat = _stage_bars(with_rt, [s["latency_ms"] for s in stages], "latency (runtime)", "ms", _fmt_ms)
-    trade = _tradeoff_plot(stages, metric)
+    trade = _tradeoff_plot(stages, metric_label(report))
     alts = ("size per stage", f"{metric} per stage", "latency per stage", f"{metric} vs compression ratio")
     imgs = (_img(b64, alt) for b64, alt in zip((size, acc, lat, trade), alts, strict=True))
     return '<div class="grid">' + "".join(imgs) + "</div>"
@@ -476,7 +492,7 @@ def _extras_section(report: dict) -> str:
 def render_html(report: dict) -> str:
     """One self-contained page (inline CSS, PNG charts as data URIs) that can be mailed or archived alone."""
     task = _esc(report["task"])
-    meta = [f"metric: {report['metric']}", f"{len(report['stages'])} stages"]
+    meta = [f"metric: {metric_label(report)}", f"{len(report['stages'])} stages"]
     meta += [f"torchslim {report['torchslim_version']}"] if "torchslim_version" in report else []
     meta += [report["created"]] if "created" in report else []
     parts = [

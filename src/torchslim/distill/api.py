@@ -149,11 +149,13 @@ def distill(
     patience: int | None = None,
     checkpoint: Path | None = None,
     progress: Progress = _no_progress,
+    higher_is_better: bool = True,
 ) -> list[dict[str, float]]:
     """Train `student` in place from `teacher`; returns the per-epoch history.
 
     `evaluate(student)` is recorded each epoch; with it, `keep_best` restores the best epoch's weights
-    and `patience` stops after that many epochs without improvement (see `fit`).
+    and `patience` stops after that many epochs without improvement (see `fit`; `higher_is_better`
+    False keeps the lowest).
 
     `train_loader` yields `(inputs, target)` batches (or is `loader(epoch)`); `outputs` picks the
     soft loss (`logits` or `embedding`); `hard_loss(output, target)` is the label term weighted by
@@ -199,6 +201,7 @@ def distill(
             patience=patience,
             checkpoint=checkpoint,
             progress=progress,
+            higher_is_better=higher_is_better,
         )
 
 

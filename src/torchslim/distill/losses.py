@@ -42,6 +42,12 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: fl
     return (1.0 - cosine) + F.mse_loss(student, teacher)
 
 
+@SOFT_LOSSES.register("regression")
+def regression_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MSE to the teacher's predictions (regression outputs have no distribution to soften)."""
+    return F.mse_loss(student, teacher)
+
+
 def mixed_loss(soft: torch.Tensor, hard: torch.Tensor | None, alpha: float) -> torch.Tensor:
     """`alpha` weights the distillation term, `1 - alpha` the hard-label term."""
     if hard is None or alpha == 1.0:

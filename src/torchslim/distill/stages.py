@@ -14,7 +14,7 @@ from torchslim.distill.api import distill
 from torchslim.distill.trainer import fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
-from torchslim.zoo.base import Task
+from torchslim.tasks.protocol import Task
 
 
 class ValidationSpec(BaseModel):
@@ -46,14 +46,15 @@ def _training(ctx: Any, spec: Any) -> dict[str, Any]:
         "evaluate": lambda model: task.validate(model, holdout),
         "keep_best": spec.validation.keep_best,
         "patience": spec.validation.patience,
+        "higher_is_better": getattr(task, "higher_is_better", True),
     }
 
 
 class FinetuneSpec(StageSpec):
     epochs: int = Field(1, ge=0, le=10_000)
     """Passes over the task's training data."""
-    lr: float = Field(1e-3, gt=0, le=10)
-    """Peak learning rate (AdamW, cosine decay to zero)."""
+    lr: float | None = Field(None, gt=0, le=10)
+    """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else 1e-3."""
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int | None = Field(None, ge=1)
     """Training batch size; the task's default when null."""
@@ -82,7 +83,7 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         loss_fn,
         **training,
         epochs=spec.epochs,
-        lr=spec.lr,
+        lr=_lr(ctx.task, spec.lr),
         weight_decay=spec.weight_decay,
         callbacks=callbacks,
         checkpoint=ctx.train_checkpoint,
@@ -100,7 +101,8 @@ class DistillSpec(StageSpec):
     alpha: float = Field(0.9, ge=0, le=1)
     """Weight of the distillation term; 1 - alpha weights the hard-label loss."""
     epochs: int = Field(1, ge=0, le=10_000)
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float | None = Field(None, gt=0, le=10)
+    """Peak learning rate; null: the task's `lr`, else 1e-3."""
     batch_size: int | None = Field(None, ge=1)
     features: list[str] = Field(default_factory=list)
     """`student_layer:teacher_layer` pairs whose activations are matched (FitNets)."""
@@ -121,7 +123,7 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         temperature=spec.temperature,
         alpha=spec.alpha,
         epochs=spec.epochs,
-        lr=spec.lr,
+        lr=_lr(ctx.task, spec.lr),
         seed=ctx.seed,
         features=tuple(spec.features),
         attention=tuple(spec.attention),
@@ -143,6 +145,11 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         progress=ctx.progress,
     )
     ctx.note(history=history)
+
+
+def _lr(task: Any, lr: float | None) -> float:
+    """The stage's learning rate, else the task's suggestion, else 1e-3."""
+    return lr if lr is not None else getattr(task, "lr", None) or 1e-3
 
 
 def _resolve_teacher(spec: str) -> nn.Module:

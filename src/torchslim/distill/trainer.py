@@ -54,11 +54,13 @@ def fit(
     checkpoint: Path | None = None,
     progress: Progress = _no_progress,
     seed: int = 0,
+    higher_is_better: bool = True,
 ) -> list[dict[str, float]]:
     """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
 
     With `evaluate`, the metric is recorded each epoch; `keep_best` restores the weights of the best
-    epoch at the end, and `patience` stops after that many epochs without improvement. With
+    epoch at the end (the lowest metric when not `higher_is_better`: an error or a perplexity), and
+    `patience` stops after that many epochs without improvement. With
     `checkpoint`, the state is saved there after every epoch and a run finding one resumes from it.
     Under torchrun the model trains data-parallel (see `torchslim.distill.distributed`).
     """
@@ -73,10 +75,10 @@ def fit(
         assert checkpoint is not None
         done = load_checkpoint(checkpoint, model, optimizer, scheduler)
         start, step, history = done["epoch"] + 1, done["step"], done["history"]
-    best = _Best()
+    best = _Best(higher_is_better)
     scored = [r for r in history if "metric" in r and r.get("competes", 1.0)]
     if scored:
-        top = max(scored, key=lambda r: r["metric"])
+        top = (max if higher_is_better else min)(scored, key=lambda r: r["metric"])
         best.metric, best.epoch, best.state = top["metric"], int(top["epoch"]) - 1, done["best"]
     trained = wrap(model)
     advance = progress("training", total)
@@ -149,12 +151,13 @@ def _step(
 class _Best:
     """The best epoch so far and a copy of its weights."""
 
-    def __init__(self) -> None:
-        self.metric = float("-inf")
+    def __init__(self, higher_is_better: bool = True) -> None:
+        self.higher = higher_is_better
+        self.metric = float("-inf") if higher_is_better else float("inf")
         self.epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
 
     def offer(self, model: nn.Module, metric: float, epoch: int) -> None:
-        if metric > self.metric:
+        if metric > self.metric if self.higher else metric < self.metric:
             self.metric, self.epoch = metric, epoch
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -16,7 +16,7 @@ from torchslim.metrics.runtimes import RUNTIMES, latency, paired_latency
 from torchslim.metrics.size import nonzero_params, param_count, saved_size
 
 if TYPE_CHECKING:
-    from torchslim.zoo.base import Task
+    from torchslim.tasks.protocol import Task
 
 
 @dataclass(frozen=True)

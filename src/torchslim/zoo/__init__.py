@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torchslim.registry import Registry
 
 if TYPE_CHECKING:
-    from torchslim.zoo.base import Task
+    from torchslim.tasks.protocol import Task
 
-# name -> "module:Class" (imported lazily, so `import torchslim` stays light) or a Task subclass.
-TASKS: Registry[str | type[Task]] = Registry("zoo task")
+# name -> "module:Class" (imported lazily, so `import torchslim` stays light) or a callable returning a
+# Task (a Task subclass, or a user's factory registered with `ts.register_task`).
+TASKS: Registry[str | Callable[[], Task]] = Registry("zoo task")
 TASKS.register("lenet5-digits", "torchslim.zoo.lenet:LeNetDigits")
 TASKS.register("mnist1d-cnn", "torchslim.zoo.mnist1d:Mnist1dCNN")
 TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
@@ -29,8 +31,15 @@ def get(name: str) -> Task:
         if isinstance(entry, str):
             module, _, cls = entry.partition(":")
             entry = getattr(importlib.import_module(module), cls)
-        _instances[name] = entry()
+        from torchslim.tasks.protocol import check_task
+
+        _instances[name] = check_task(entry(), f"task factory {name!r}")
     return _instances[name]
+
+
+def forget(name: str) -> None:
+    """Drop the cached instance of `name` (its registration changed)."""
+    _instances.pop(name, None)
 
 
 def names() -> list[str]:

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from torchslim.atomic import temp_dir_beside
-from torchslim.errors import UserError
 from torchslim.io import set_source
+from torchslim.tasks.protocol import Task as PublicTask
 
 HOLDOUT_SEED = 97
 
@@ -39,12 +38,11 @@ def cache_root() -> Path:
     return Path(base) / "torchslim"
 
 
-class Task(abc.ABC):
+class Task(PublicTask):
+    """A zoo task: the public `torchslim.Task` plus an architecture (`make`) and a baseline trained
+    once from fixed seeds and cached."""
+
     name: str
-    metric: str = "accuracy"
-    """Name of the task metric that `evaluate` returns (a float in [0, 1], higher is better)."""
-    outputs: str = "logits"
-    """What the model outputs, which picks the distillation loss: `logits` or `embedding`."""
 
     @abc.abstractmethod
     def make(self, **kwargs: Any) -> nn.Module:
@@ -59,42 +57,8 @@ class Task(abc.ABC):
         """Train `model` in place from its fixed-seed initialisation."""
 
     @abc.abstractmethod
-    def evaluate(self, model: nn.Module) -> float:
-        """The task metric on the test split."""
-
-    @abc.abstractmethod
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         """The training loss used by fine-tuning (and the hard-label term of distillation)."""
-
-    @property
-    @abc.abstractmethod
-    def example_inputs(self) -> Any:
-        """A batch of inputs for tracing and timing."""
-
-    @abc.abstractmethod
-    def train_loader(
-        self, batch_size: int | None = None, seed: int = 0, *, augment: bool = True, holdout: float = 0.0
-    ) -> Iterable[Any]:
-        """Shuffled training batches; `augment` applies the task's train-time augmentation, if any;
-        `holdout` leaves out the fraction that `validate` measures on."""
-
-    @abc.abstractmethod
-    def test_loader(self, batch_size: int | None = None) -> Iterable[Any]: ...
-
-    def validate(self, model: nn.Module, holdout: float) -> float:
-        """The task metric on the `holdout` fraction of the training data that `train_loader(...,
-        holdout=holdout)` leaves out (`holdout_split`): to pick epochs without looking at the test split.
-        The baseline was trained on all of it, so the number runs high; it ranks epochs of one run."""
-        raise UserError(f"task {self.name!r} has no validation split; train without `validation`")
-
-    def calibration_loader(self, batches: int = 8, batch_size: int | None = None) -> list[Any]:
-        """A few training batches in a fixed order, for calibration and importance statistics."""
-        out = []
-        for i, batch in enumerate(self.train_loader(batch_size=batch_size, seed=1234, augment=False)):
-            if i >= batches:
-                break
-            out.append(batch)
-        return out
 
     # -- the cached baseline -------------------------------------------------------------------
     def code_hash(self) -> str:
