@@ -51,3 +51,29 @@ def test_callbacks_see_every_step(tiny_task) -> None:
     )
     steps_per_epoch = len(list(tiny_task.train_loader()))
     assert calls[-1] == (2 * steps_per_epoch, 2 * steps_per_epoch) and len(calls) == 2 * steps_per_epoch
+
+
+def test_keep_best_lowest_when_lower_is_better(tiny_task) -> None:
+    """An error or a perplexity: the lowest epoch is the best, and patience counts from it."""
+    model = tiny_task.build()
+    scores = iter([0.5, 0.2, 0.3, 0.4, 0.1])
+    seen = {}
+
+    def evaluate(m: torch.nn.Module) -> float:
+        score = next(scores)
+        seen[score] = m.fc1.weight.detach().clone()
+        return score
+
+    history = fit(
+        model,
+        lambda epoch: tiny_task.train_loader(seed=epoch),
+        lambda m, x, y: tiny_task.loss(m(x), y),
+        epochs=5,
+        lr=1e-2,
+        evaluate=evaluate,
+        keep_best=True,
+        patience=2,
+        higher_is_better=False,
+    )
+    assert [h["metric"] for h in history] == [0.5, 0.2, 0.3, 0.4]
+    assert torch.equal(model.fc1.weight, seen[0.2])
