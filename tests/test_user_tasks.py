@@ -98,3 +98,33 @@ def test_console_script_task_that_cannot_be_built_fails_before_writing(project: 
     done = _console(project, "compress", "recipe.yaml", "--out", "run")
     assert done.returncode == 2 and "missing.npz" in done.stderr and "Traceback" not in done.stderr
     assert not any(p.name.startswith((".run", "run")) for p in project.iterdir())
+
+
+def test_saved_model_directory_with_a_data_mapping(project: Path) -> None:
+    """A model saved by one run is the `model:` of the next, with the same data mapping."""
+    first = CASES["npz"]
+    ts.run_recipe(first, project / "out")
+    again = {**first, "model": "out/model", "stages": []}
+    report = ts.run_recipe(again, project / "again")
+    assert report["stages"][0]["accuracy"] == pytest.approx(
+        json.loads((project / "out" / "report.json").read_text())["stages"][-1]["accuracy"], abs=1e-6
+    )
+
+
+def test_lower_is_better_metric_through_validation_and_report(project: Path) -> None:
+    """mse on a regression CSV: validation keeps the lowest epoch and the report says lower is better."""
+    recipe = {
+        "model": "mypkg.models:regressor",
+        "task": {"data": "reg.csv", "target": "y", "metric": "mse", "lr": 0.01, "batch_size": 16},
+        "stages": [{"finetune": {"epochs": 4, "validation": {"holdout": 0.2}}}],
+    }
+    report = ts.run_recipe(recipe, project / "out")
+    assert report["metric"] == "mse" and report["higher_is_better"] is False
+    baseline, final = report["stages"][0]["accuracy"], report["stages"][-1]["accuracy"]
+    assert final < 0.25 * baseline  # training lowered the error
+    history = report["stages"][-1]["history"]
+    best = min(h["metric"] for h in history)
+    assert resolve_task(recipe["task"]).validate(ts.load(project / "out" / "model"), 0.2) == pytest.approx(
+        best
+    )
+    assert "mse (lower is better)" in (project / "out" / "report.html").read_text()

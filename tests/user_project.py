@@ -21,6 +21,11 @@ def mlp(features: int = 8, classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
 
 
+def regressor(features: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
 def cnn(classes: int = 2) -> nn.Module:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1)
@@ -82,7 +87,8 @@ def blobs(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_project(root: Path) -> Path:
-    """`root/mypkg/{models,tasks}.py`, `root/data.npz`, `root/{train,test}.csv`, `root/images/`."""
+    """`root/mypkg/{models,tasks}.py`, `root/data.npz`, `root/{train,test}.csv` (classes), `root/reg.csv`
+    (a regression target `y`, one file), `root/images/`."""
     (root / "mypkg").mkdir(parents=True)
     (root / "mypkg" / "__init__.py").write_text("")
     (root / "mypkg" / "models.py").write_text(textwrap.dedent(MODELS))
@@ -97,6 +103,9 @@ def write_project(root: Path) -> Path:
             for xs, c in zip(x[rows], y[rows], strict=True)
         ]
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    lines = [",".join([*(f"f{i}" for i in range(8)), "y"])]
+    lines += [",".join(f"{v:.5f}" for v in [*xs, xs[:4].sum() - xs[4:].sum()]) for xs in x]
+    (root / "reg.csv").write_text("\n".join(lines) + "\n")
     write_images(root / "images")
     return root
 
