@@ -60,6 +60,9 @@ def test_csv_non_numeric_feature_names_column_and_line(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("a,colour,label\n1,red,0\n2,blue,1\n")
     with pytest.raises(UserError, match=r"t.csv, line 2: column 'colour' is not numeric"):
         build_task(DataTaskSpec(data=str(tmp_path / "t.csv")))
+    (tmp_path / "short.csv").write_text("a,b,label\n1,2,0\n3,1\n")
+    with pytest.raises(UserError, match=r"short.csv, line 3: 2 fields where the header names 3"):
+        build_task(DataTaskSpec(data=str(tmp_path / "short.csv")))
     with pytest.raises(UserError, match="no column 'y'"):
         build_task(DataTaskSpec(data=str(tmp_path / "t.csv"), target="y", features=["a"]))
 

@@ -65,11 +65,11 @@ def read_safetensors(spec: DataTaskSpec) -> Raw:
 def read_csv(spec: DataTaskSpec) -> Raw:
     files = spec.data if isinstance(spec.data, dict) else {"train": spec.data}
     out: Raw = {}
-    columns: list[str] | None = None
-    for split, name in files.items():
+    features: list[str] | None = spec.features
+    for split in sorted(files, key=lambda s: s != "train"):  # train first: its columns are the features
+        name = files[split]
         header, table = _csv_table(_file(name))
-        features = spec.features or [c for c in header if c != spec.target]
-        columns = columns or features
+        features = features or [c for c in header if c != spec.target]
         for col in [spec.target, *features]:
             if col not in header:
                 raise UserError(f"{name}: no column {col!r} (columns: {', '.join(header)})")
@@ -88,6 +88,9 @@ def _csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         table = [(n, row) for n, row in enumerate(reader, start=2) if row]
     if not table:
         raise UserError(f"{path}: no data rows under the header")
+    for n, row in table:
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {n}: {len(row)} fields where the header names {len(header)}")
     return [h.strip() for h in header], table
 
 
