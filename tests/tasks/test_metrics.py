@@ -47,3 +47,11 @@ def test_logits_of_model_outputs() -> None:
     assert torch.equal(logits_of(Out()), torch.ones(2))
     with pytest.raises(TypeError):
         logits_of("text")
+
+
+def test_regression_distillation_loss_is_mse_to_the_teacher() -> None:
+    from torchslim.distill.losses import SOFT_LOSSES
+
+    student, teacher = torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [1.0]])
+    assert float(SOFT_LOSSES.get("regression")(student, teacher, 4.0)) == pytest.approx((1 + 4) / 2)
+    assert METRICS.get("mse").outputs == "regression"
