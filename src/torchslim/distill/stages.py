@@ -96,13 +96,15 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
 class DistillSpec(StageSpec):
     teacher: str = "baseline"
     """`baseline` (the model before the first stage), `zoo:NAME`, a saved model directory or a factory."""
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(DistillConfig.temperature, gt=0)
     """Softmax temperature of the soft targets."""
-    alpha: float = Field(0.9, ge=0, le=1)
+    alpha: float = Field(DistillConfig.alpha, ge=0, le=1)
     """Weight of the distillation term; 1 - alpha weights the hard-label loss."""
     epochs: int = Field(1, ge=0, le=10_000)
     lr: float | None = Field(None, gt=0, le=10)
     """Peak learning rate; null: the task's `lr`, else 1e-3."""
+    warmup: float = Field(DistillConfig.warmup, ge=0, lt=1)
+    """Fraction of the steps spent warming the lr up to its peak."""
     batch_size: int | None = Field(None, ge=1)
     features: list[str] = Field(default_factory=list)
     """`student_layer:teacher_layer` pairs whose activations are matched (FitNets)."""
@@ -124,6 +126,7 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         alpha=spec.alpha,
         epochs=spec.epochs,
         lr=_lr(ctx.task, spec.lr),
+        warmup=spec.warmup,
         seed=ctx.seed,
         features=tuple(spec.features),
         attention=tuple(spec.attention),

@@ -1,4 +1,5 @@
-"""The training loop shared by `finetune` and `distill`: AdamW, cosine decay, seeded data order.
+"""The training loop shared by `finetune` and `distill`: AdamW, optional linear warm-up then cosine
+decay, seeded data order.
 
 Anything that must happen during training (a regularizer's loss term, a pruning schedule, re-applied
 masks) plugs in as a `Callback`, so the loop itself stays the same for every technique.
@@ -6,6 +7,7 @@ masks) plugs in as a `Callback`, so the loop itself stays the same for every tec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +49,7 @@ def fit(
     epochs: int,
     lr: float,
     weight_decay: float = 0.0,
+    warmup: float = 0.0,
     callbacks: Sequence[Any] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
     keep_best: bool = False,
@@ -58,17 +61,18 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
 
-    With `evaluate`, the metric is recorded each epoch; `keep_best` restores the weights of the best
-    epoch at the end (the lowest metric when not `higher_is_better`: an error or a perplexity), and
-    `patience` stops after that many epochs without improvement. With
-    `checkpoint`, the state is saved there after every epoch and a run finding one resumes from it.
+    The learning rate rises linearly over the first `warmup` fraction of the steps, then decays to
+    zero on a cosine. With `evaluate`, the metric is recorded each epoch; `keep_best` restores the
+    weights of the best epoch at the end (the lowest metric when not `higher_is_better`: an error or a
+    perplexity), and `patience` stops after that many epochs without improvement. With `checkpoint`,
+    the state is saved there after every epoch and a run finding one resumes from it.
     Under torchrun the model trains data-parallel (see `torchslim.distill.distributed`).
     """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * sum(1 for _ in shard(loader(0))))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     history: list[dict[str, float]] = []
     start, step = 0, 0
     if has_checkpoint(checkpoint):
@@ -126,6 +130,19 @@ def fit(
         model.load_state_dict(best.state)
     model.eval()
     return history
+
+
+def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
+    """The lr factor at each step: linear warm-up over `warmup * total` steps, then cosine to zero
+    (with no warm-up, the same curve as `CosineAnnealingLR(T_max=total)`)."""
+    ramp = int(warmup * total)
+
+    def factor(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - ramp, total - ramp) / max(1, total - ramp)))
+
+    return factor
 
 
 def _step(
