@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import fit, warmup_cosine
 
 
 def test_keep_best_and_patience(tiny_task) -> None:
@@ -77,3 +78,35 @@ def test_keep_best_lowest_when_lower_is_better(tiny_task) -> None:
     )
     assert [h["metric"] for h in history] == [0.5, 0.2, 0.3, 0.4]
     assert torch.equal(model.fc1.weight, seen[0.2])
+
+
+def test_warmup_then_cosine() -> None:
+    factor = warmup_cosine(100, 0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)  # linear over 10 steps
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5)  # cosine after it
+    assert factor(100) == pytest.approx(0.0, abs=1e-12)
+    plain = warmup_cosine(100, 0.0)  # no warm-up: CosineAnnealingLR's curve
+    assert [plain(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+
+
+def test_fit_warms_the_lr_up(tiny_task, monkeypatch) -> None:
+    made, seen = [], []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: made.append(adamw(*a, **k)) or made[-1])
+
+    class Lr:
+        def after_step(self, model, step, total):
+            seen.append(made[0].param_groups[0]["lr"])
+
+    fit(
+        tiny_task.build(),
+        lambda epoch: tiny_task.train_loader(seed=epoch),
+        lambda m, x, y: tiny_task.loss(m(x), y),
+        epochs=4,
+        lr=1e-2,
+        warmup=0.25,
+        callbacks=[Lr()],
+    )
+    ramp = len(seen) // 4
+    assert seen[: ramp - 1] == sorted(seen[: ramp - 1]) and seen[0] == pytest.approx(2e-2 / ramp)
+    assert max(seen) == pytest.approx(1e-2) and seen[-1] < 1e-4  # peak after the ramp, then decay to ~0
