@@ -9,7 +9,7 @@ from torchslim.config import ChannelConfig, DistillConfig, QuantConfig, Sparsity
 from torchslim.distill.api import distill
 from torchslim.errors import ManifestError, UserError
 from torchslim.export import export_onnx
-from torchslim.io import load, save
+from torchslim.io import load, register_model, save
 from torchslim.metrics import Measurement, measure
 from torchslim.pipeline import run_recipe
 from torchslim.prune import make_permanent, prune_, register_importance
@@ -37,6 +37,7 @@ __all__ = [
     "quantize_",
     "register_importance",
     "register_task",
+    "register_model",
     "run_recipe",
     "save",
     "zoo",
