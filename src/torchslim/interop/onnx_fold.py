@@ -1,9 +1,10 @@
 """How large a constant-folded ONNX node's output would be, computed before it is folded.
 
 Folding runs onnx's reference evaluator on constant inputs at import time, so a tiny file can ask
-for a huge allocation (`ConstantOfShape` of [10^6, 10^6], a `Pad` of 2^31, `Expand`, `Tile`, `Range`,
-`Resize`, random generators). Each such operator's output size follows from its (constant) inputs and
-attributes; `FOLD_LIMIT` bounds it, and every folded output is checked again afterwards.
+for a huge allocation: a `Pad` of 2^31, an `Add` or `Where` broadcasting [N, 1] against [1, M], a
+`MatMul` outer product. Each operator's output size follows from its constant inputs and attributes
+(`SIZES`, with elementwise broadcasting as the default); `FOLD_LIMIT` bounds it, and every folded output
+is checked again afterwards. Operators without a converter never get here (refused before building).
 """
 
 from __future__ import annotations
@@ -42,24 +43,6 @@ def _size(a: np.ndarray | None) -> float:
     return 0.0 if a is None else float(a.size)
 
 
-@SIZES.register("ConstantOfShape")
-def _constant_of_shape(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    return math.prod(_values(_in(inputs, 0)))
-
-
-@SIZES.register("Expand")
-def _expand(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    shape, target = _shape(_in(inputs, 0)), _values(_in(inputs, 1))
-    rank = max(len(shape), len(target))
-    shape, target = [1] * (rank - len(shape)) + shape, [1.0] * (rank - len(target)) + target
-    return math.prod(max(float(a), b) for a, b in zip(shape, target, strict=True))
-
-
-@SIZES.register("Tile")
-def _tile(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    return _size(_in(inputs, 0)) * math.prod(_values(_in(inputs, 1)))
-
-
 @SIZES.register("Pad")
 def _pad(inputs: Inputs, attrs: dict[str, Any]) -> float:
     shape = _shape(_in(inputs, 0))
@@ -69,44 +52,37 @@ def _pad(inputs: Inputs, attrs: dict[str, Any]) -> float:
     return math.prod(d + pads[i] + pads[i + len(shape)] for i, d in enumerate(shape))
 
 
-@SIZES.register("Range")
-def _range(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    start, limit, delta = (_values(_in(inputs, i)) or [0.0] for i in range(3))
-    return math.ceil((limit[0] - start[0]) / delta[0]) if delta[0] else math.inf
+@SIZES.register("MatMul")
+def _matmul(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    a, b = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    if len(a) < 2 or len(b) < 2:
+        return _broadcast(inputs, attrs)
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return math.prod(batch) * a[-2] * b[-1]
 
 
-def _resize(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    shape = _shape(_in(inputs, 0))
-    sizes = _values(_in(inputs, 3))
-    if sizes:
-        return math.prod(sizes)
-    scales = _values(_in(inputs, 2)) or _values(_in(inputs, 1)) or [float(s) for s in attrs.get("scales", [])]
-    return math.prod(d * s for d, s in zip(shape, scales, strict=False)) if scales else _size(_in(inputs, 0))
+@SIZES.register("Gemm")
+def _gemm(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    a, b = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    rows = a[1] if attrs.get("transA") else a[0]
+    cols = b[0] if attrs.get("transB") else b[1]
+    return float(rows * cols)
 
 
-SIZES.register("Resize", _resize)
-SIZES.register("Upsample", _resize)
-
-
-def _shape_attr(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    return math.prod(float(d) for d in attrs.get("shape", []))
-
-
-for _op in ("RandomNormal", "RandomUniform"):
-    SIZES.register(_op, _shape_attr)
-
-
-@SIZES.register("OneHot")
-def _one_hot(inputs: Inputs, attrs: dict[str, Any]) -> float:
-    return _size(_in(inputs, 0)) * max(_values(_in(inputs, 1)) or [1.0])
+def _broadcast(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    """Elementwise operators (Add, Mul, Where, ...) broadcast their inputs: [N, 1] + [1, M] is N x M."""
+    shapes = [tuple(_shape(a)) for a in inputs if a is not None]
+    try:
+        return float(math.prod(np.broadcast_shapes(*shapes))) if shapes else 0.0
+    except ValueError:  # not broadcastable: the operator concatenates or reshapes, output ~ inputs
+        return sum(_size(a) for a in inputs)
 
 
 def check_fold(node: onnx.NodeProto, inputs: Inputs, attrs: dict[str, Any]) -> str | None:
     """Why folding `node` is refused (its output would exceed FOLD_LIMIT), or None."""
-    if node.op_type not in SIZES:
-        return None
+    size_of = SIZES.get(node.op_type) if node.op_type in SIZES else _broadcast
     try:
-        size = SIZES.get(node.op_type)(inputs, attrs)
+        size = size_of(inputs, attrs)
     except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError):
         return "its output size cannot be computed from its inputs"
     if not size <= FOLD_LIMIT:  # also catches NaN
