@@ -177,8 +177,8 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     except ImportError as exc:
         raise UserError(f"factory {target!r}: cannot import {module_name!r} ({exc})") from None
     for part in attr.split("."):
-        if part.startswith("_") or not hasattr(obj, part):
-            raise UserError(f"factory {target!r}: {module_name!r} has no public attribute {attr!r}")
+        if part.startswith("__") or not hasattr(obj, part):  # no walk through dunders to builtins
+            raise UserError(f"factory {target!r}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"factory {target!r} is not callable")
