@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import torchslim as ts
-from torchslim import cli, io, storage
+from torchslim import cli, io, modeldir, storage
 from torchslim.errors import ManifestError, UserError
 
 TESTS = Path(__file__).parent
@@ -199,7 +199,7 @@ def _never_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("decoding started")
 
-    monkeypatch.setattr(io, "decode_state", refuse)
+    monkeypatch.setattr(modeldir, "decode_state", refuse)
 
 
 def _claim(saved: Path, meta: list[Any], shape: list[int], itemsize: int, consistent: bool = True) -> None:
@@ -260,7 +260,7 @@ def test_memory_errors_while_loading_are_clear(saved: Path, monkeypatch: pytest.
     def exhausted(*args: object, **kwargs: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(io, "load_file", exhausted)
+    monkeypatch.setattr(modeldir, "load_file", exhausted)
     with pytest.raises(ManifestError, match="out of memory while loading"):
         ts.load(saved)
 

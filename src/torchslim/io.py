@@ -15,7 +15,6 @@ manifest is validated (`torchslim.manifest`) and the files checked before anythi
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -27,28 +26,19 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from torchslim import manifest as schema
 from torchslim import safe
 from torchslim.atomic import replace_dir, share_modes, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
+from torchslim.modeldir import MANIFEST, digest, inside, read_state, verify_files
 from torchslim.registry import Registry
-from torchslim.storage import (  # noqa: F401  (public here)
-    CODECS,
-    Codec,
-    check_budget,
-    declared_bytes,
-    decode_state,
-    encode_state,
-    state_bytes,
-)
+from torchslim.storage import CODECS, Codec, decode_state, encode_state, state_bytes  # noqa: F401  (public here)
 from torchslim.trust import Trust, check_trust, trusting  # noqa: F401  (public here)
 
 FORMAT = schema.FORMAT
 FORMAT_VERSION = schema.FORMAT_VERSION
-MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 
 SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
@@ -211,7 +201,7 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
             "transforms": rec.transforms,
             "weights": WEIGHTS,
             "encodings": encodings,
-            "files": {name: _digest(tmp / name) for name in sorted([WEIGHTS, *rec.files])},
+            "files": {name: digest(tmp / name) for name in sorted([WEIGHTS, *rec.files])},
             "tensor_bytes": state_bytes(model.state_dict(), encodings),
         }
         # compact: the manifest counts in size_bytes
@@ -219,14 +209,6 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
         share_modes(tmp)
         replace_dir(tmp, path)
     return path
-
-
-def _digest(file: Path) -> dict[str, Any]:
-    sha = hashlib.sha256()
-    with file.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return {"sha256": sha.hexdigest(), "bytes": file.stat().st_size}
 
 
 def save(
@@ -251,7 +233,7 @@ def read_manifest(path: str | os.PathLike[str]) -> schema.Manifest:
     path = Path(path)
     if not path.is_dir():
         raise ManifestError(f"{path}: no such model directory")
-    file = _inside(path, MANIFEST)
+    file = inside(path, MANIFEST)
     if not file.is_file():
         raise ManifestError(f"{path}: missing {MANIFEST}; not a torchslim model directory")
     manifest = schema.read(file.read_bytes(), str(file))
@@ -262,14 +244,6 @@ def read_manifest(path: str | os.PathLike[str]) -> schema.Manifest:
         if step.name not in TRANSFORMS:
             raise ManifestError(f"{file}: {TRANSFORMS.unknown_message(step.name)}")
     return manifest
-
-
-def _inside(path: Path, name: str) -> Path:
-    """`path/name`, refused when a symlink makes it resolve outside the model directory."""
-    file = path / name
-    if file.exists() and not file.resolve().is_relative_to(path.resolve()):
-        raise ManifestError(f"{file}: a link to a file outside the model directory; refusing to read it")
-    return file
 
 
 def load(path: str | os.PathLike[str], trust_code: Trust = False) -> nn.Module:
@@ -291,19 +265,17 @@ def load(path: str | os.PathLike[str], trust_code: Trust = False) -> nn.Module:
 def _load(path: Path, trust_code: Trust) -> nn.Module:
     manifest = read_manifest(path)
     check_trust(manifest.source, trust_code, path / MANIFEST)
-    weights = _inside(path, manifest.weights)
+    weights = inside(path, manifest.weights)
     if not weights.is_file():
         raise ManifestError(f"{path}: weights file {manifest.weights!r} named in {MANIFEST} is missing")
-    _verify_files(path, manifest)
-    state = _read_state(weights, manifest)
+    verify_files(path, manifest)
+    state = read_state(weights, manifest)
     source = dict(manifest.source)
     kind = source.pop("kind")
     files = _source_files(path, source, manifest)
     largest = max((t.numel() for t in state.values()), default=0)
     with safe.element_budget(max(1 << 20, 64 * largest)):
-        model = SOURCES.get(kind)(**source)
-        for step in manifest.transforms:
-            model = TRANSFORMS.get(step.name)(model, dict(step.params))
+        model = _rebuild(path, kind, source, manifest)
     _check_fits(path, model, state)
     model.load_state_dict(state, strict=True)
     rec = record_of(model)
@@ -313,49 +285,23 @@ def _load(path: Path, trust_code: Trust) -> nn.Module:
     return model.eval()
 
 
-def _verify_files(path: Path, manifest: schema.Manifest) -> None:
-    """Every file the manifest lists has its recorded size and sha256 (format 1 recorded none)."""
-    for name, expected in (manifest.files or {}).items():
-        file = _inside(path, name)
-        if not file.is_file():
-            raise ManifestError(f"{path}: file {name!r} named in {MANIFEST} is missing")
-        size = file.stat().st_size
-        if size != expected.bytes or _digest(file)["sha256"] != expected.sha256:
-            raise ManifestError(
-                f"{file}: corrupted: its sha256 or size ({size} bytes) differs from the one recorded in "
-                f"{MANIFEST} ({expected.bytes} bytes); the file was changed or damaged after saving"
-            )
-
-
-def _read_state(weights: Path, manifest: schema.Manifest) -> dict[str, torch.Tensor]:
-    """The decoded tensors, after checking what they would decode to against the file's size."""
+def _rebuild(path: Path, kind: str, source: dict[str, Any], manifest: schema.Manifest) -> nn.Module:
+    """Build the source and replay the transforms. The schema and the guards in `torchslim.safe` catch
+    what they can name; a combination they let through that the code cannot build (a weight of rank 0
+    for a quantized Linear) still ends as a ManifestError naming the step, never a traceback."""
+    where = "source"
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            names = list(f.keys())
-            header = {k: (_dtype_name(f.get_slice(k).get_dtype()), f.get_slice(k).get_shape()) for k in names}
-        check_budget(
-            declared_bytes(header, manifest.encodings),
-            manifest.tensor_bytes,
-            weights.stat().st_size,
-            str(weights),
-        )
-        stored = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise ManifestError(f"{weights}: unreadable safetensors file ({exc})") from None
-    return decode_state(stored, manifest.encodings)
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
-    "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}  # fmt: skip
-
-
-def _dtype_name(code: str) -> str:
-    if code not in _SAFETENSORS_DTYPES:
-        raise ManifestError(f"safetensors dtype {code!r} is not supported")
-    return _SAFETENSORS_DTYPES[code]
+        model = SOURCES.get(kind)(**source)
+        for i, step in enumerate(manifest.transforms):
+            where = f"transforms[{i}] ({step.name})"
+            model = TRANSFORMS.get(step.name)(model, schema.checked_params(step))
+    except (UserError, MemoryError):
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError) as exc:
+        raise ManifestError(
+            f"{path / MANIFEST}: {where} cannot be rebuilt as recorded ({type(exc).__name__}: {exc})"
+        ) from None
+    return model
 
 
 def _source_files(path: Path, source: dict[str, Any], manifest: schema.Manifest) -> dict[str, bytes]:
@@ -363,7 +309,7 @@ def _source_files(path: Path, source: dict[str, Any], manifest: schema.Manifest)
     name = source.get("file")
     if name is None:
         return {}
-    file = _inside(path, str(name))
+    file = inside(path, str(name))
     if Path(str(name)).name != name or name in (MANIFEST, manifest.weights) or not file.is_file():
         raise ManifestError(f"{path}: source file {name!r} named in {MANIFEST} is missing")
     if manifest.files is not None and name not in manifest.files:

@@ -233,6 +233,14 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out or "manifest"
 
 
+def checked_params(step: Step) -> dict[str, Any]:
+    """A transform's parameters as its schema reads them (defaults filled in), or as stored if the
+    transform registered no schema."""
+    if step.name not in TRANSFORM_PARAMS:
+        return dict(step.params)
+    return TRANSFORM_PARAMS.get(step.name).model_validate(step.params).model_dump()
+
+
 def read(data: bytes, where: str) -> Manifest:
     """Parse and validate a whole manifest: top level, source and every transform's parameters."""
     raw = parse_json(data, where)

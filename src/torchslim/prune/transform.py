@@ -94,8 +94,8 @@ def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
             safe.tensor_name(module, tensor_name, f"{where} {name!r}", parametrized=False)
             safe.check_numel(shape, f"{where} {name}.{tensor_name}")
             old = getattr(module, tensor_name)
-            if old is None:
-                raise ManifestError(f"{where}: {name}.{tensor_name} is None in the rebuilt model")
+            if old is None or old.dim() != len(shape):
+                raise ManifestError(f"{where}: {name}.{tensor_name} cannot take shape {shape}")
             new = torch.empty(shape, dtype=old.dtype, device=old.device)
             if isinstance(old, nn.Parameter):
                 module._parameters[tensor_name] = nn.Parameter(new, requires_grad=old.requires_grad)
