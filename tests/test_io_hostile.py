@@ -166,6 +166,10 @@ CASES = [
     (["tensor_bytes"], 10**15, "tensor_bytes: Input should be less"),
     (["files"], DELETE, "format_version 2 needs files"),
     (["format_version"], True, "format_version True is not readable"),
+    # found by the long fuzz (tests/test_io_fuzz.py, -m slow) before these were handled:
+    (["source", "kwargs", "widt3h"], 1, "source cannot be rebuilt as recorded.*widt3h"),
+    (["source", "kind"], ["zoo"], "source.kind: unknown model source"),
+    (["transforms", 0, "params", "shapes", "fc1", "weight"], [], "fc1.weight cannot take shape"),
 ]
 
 
