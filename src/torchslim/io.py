@@ -277,7 +277,10 @@ def _load(path: Path, trust_code: Trust) -> nn.Module:
     with safe.element_budget(max(1 << 20, 64 * largest)):
         model = _rebuild(path, kind, source, manifest)
     _check_fits(path, model, state)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # a value the rebuilt layer rejects (its load hooks check packed data)
+        raise ManifestError(f"{path}: the stored tensors do not fit the rebuilt model ({exc})") from None
     rec = record_of(model)
     rec.source = dict(manifest.source)
     rec.transforms = [step.model_dump() for step in manifest.transforms]
@@ -319,7 +322,7 @@ def _source_files(path: Path, source: dict[str, Any], manifest: schema.Manifest)
 
 
 def _check_fits(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """The stored tensors have the rebuilt model's names, shapes and dtypes (before any copy)."""
+    """The stored tensors have the rebuilt model's names and shapes (checked before any copy)."""
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state))[:10], sorted(set(state) - set(expected))[:10]
     if missing or unexpected:
