@@ -28,6 +28,7 @@ from torchslim.metrics import layer_table, measure, paired_latency
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
 from torchslim.tasks.protocol import Task
+from torchslim.trust import ALL
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -93,6 +94,13 @@ def _own_factories(model: nn.Module) -> list[str]:
     return [str(source["target"])] if source.get("kind") == "factory" else []
 
 
+def _trusted(trust_code: io.Trust) -> list[str]:
+    """The run's `trust_code` as `io.trusting` entries (a teacher directory loads under it too)."""
+    if isinstance(trust_code, bool):
+        return [ALL] if trust_code else []
+    return [trust_code] if isinstance(trust_code, str) else list(trust_code)
+
+
 def resolve_task(recipe_task: str | dict[str, Any] | None, model: nn.Module) -> Task:
     """The recipe's task (see `torchslim.tasks.resolve`); the model's zoo task when None."""
     from torchslim.tasks.resolve import resolve_task as resolve
@@ -127,7 +135,7 @@ def run_recipe(
     model = resolve_model(recipe.model, trust_code)  # bad input fails here, before anything is written
     task = resolve_task(recipe.task, model)
     _prepare(work, recipe, resume)
-    with io.trusting(_own_factories(model)):
+    with io.trusting([*_own_factories(model), *_trusted(trust_code)]):
         report = _run(recipe, model, task, work, reporter or Reporter())
     distributed.barrier()
     if rank == 0:

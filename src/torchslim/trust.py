@@ -19,12 +19,15 @@ CODE_SOURCES = {"factory"}
 """Source kinds that run code a file names: refused unless trusted."""
 
 
+ALL = "*"
+"""In `trusting`: every factory (a run given trust_code=True)."""
 _run_trust: ContextVar[tuple[str, ...]] = ContextVar("torchslim_run_trust", default=())
 
 
 @contextlib.contextmanager
 def trusting(targets: Sequence[str]) -> Iterator[None]:
-    """Trust these factories for loads in this context (a run reloading the stages it saved itself)."""
+    """Trust these factories or prefixes (`ALL`: every one) for loads in this context: a run reloading the
+    stages it saved itself, or a recipe's teacher directory under the run's own `trust_code`."""
     token = _run_trust.set((*_run_trust.get(), *targets))
     try:
         yield
@@ -37,10 +40,11 @@ def is_trusted(target: str, trust: Trust) -> bool:
     if trust is True:
         return True
     prefixes = () if trust is False else (trust,) if isinstance(trust, str) else tuple(trust)
+    prefixes = (*prefixes, *_run_trust.get())
+    if ALL in prefixes:
+        return True
     module = target.partition(":")[0]
-    return any(
-        target == p or module == p or module.startswith(p + ".") for p in (*prefixes, *_run_trust.get())
-    )
+    return any(target == p or module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def check_trust(source: dict[str, Any], trust: Trust, where: Path) -> None:
