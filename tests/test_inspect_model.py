@@ -46,11 +46,13 @@ def test_cli_inspect_any_model_with_input_shape(tmp_path: Path, capsys: pytest.C
     model = _net()
     ts.prune_(model, ts.SparsityConfig(sparsity=0.5, scope="layer"))
     ts.save(model, tmp_path / "m", factory="tests.test_inspect_model:_net")
-    assert main(["inspect", str(tmp_path / "m"), "--input-shape", "1,3,8,8", "--json"]) == 0
+    assert main(["inspect", str(tmp_path / "m"), "--input-shape", "1,3,8,8", "--json", "--trust-code"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["macs"] == 8 * 3 * 9 * 36 + 288 * 4
     assert result["effective_macs"] == pytest.approx(result["macs"] / 2, rel=0.01)
-    assert main(["inspect", str(tmp_path / "m"), "--input-shape", "1,5,8,8"]) == 2  # a bad shape: one line
+    assert (
+        main(["inspect", str(tmp_path / "m"), "--input-shape", "1,5,8,8", "--trust-code"]) == 2
+    )  # a bad shape: one line
     assert "forward failed" in capsys.readouterr().err
-    assert main(["inspect", str(tmp_path / "m"), "--input-shape", "1,3,8,8"]) == 0
+    assert main(["inspect", str(tmp_path / "m"), "--input-shape", "1,3,8,8", "--trust-code"]) == 0
     assert "effective MACs" in capsys.readouterr().out

@@ -29,7 +29,7 @@ def test_save_load_roundtrip_in_a_new_process(tmp_path: Path) -> None:
     expected = model(x)
     code = (
         "import sys, torch, torchslim as ts; sys.path.insert(0, sys.argv[1]);"
-        "m = ts.load(sys.argv[2]); x = torch.load(sys.argv[3]);"
+        "m = ts.load(sys.argv[2], trust_code=True); x = torch.load(sys.argv[3]);"
         "torch.save(m(x), sys.argv[4])"
     )
     subprocess.run(
@@ -98,20 +98,20 @@ def saved(tmp_path: Path) -> Path:
 def test_corrupted_manifest_is_a_clear_error(saved: Path) -> None:
     (saved / "manifest.json").write_text("{ not json")
     with pytest.raises(ManifestError, match="corrupted manifest"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_missing_weights_file_is_a_clear_error(saved: Path) -> None:
     (saved / "model.safetensors").unlink()
     with pytest.raises(ManifestError, match="weights file 'model.safetensors'.*missing"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_truncated_weights_file_is_a_clear_error(saved: Path) -> None:
     data = (saved / "model.safetensors").read_bytes()
     (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ManifestError, match="unreadable safetensors"):
-        ts.load(saved)
+    with pytest.raises(ManifestError, match="model.safetensors: corrupted"):
+        ts.load(saved, trust_code=True)
 
 
 def _edit(saved: Path, **changes: object) -> None:
@@ -123,25 +123,25 @@ def _edit(saved: Path, **changes: object) -> None:
 def test_unknown_transform_is_a_clear_error(saved: Path) -> None:
     _edit(saved, transforms=[{"name": "mystery_surgery", "params": {}}])
     with pytest.raises(ManifestError, match="unknown transform 'mystery_surgery'"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_unknown_source_kind_is_a_clear_error(saved: Path) -> None:
     _edit(saved, source={"kind": "pickle"})
     with pytest.raises(ManifestError, match="unknown model source 'pickle'"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_newer_format_is_refused(saved: Path) -> None:
     _edit(saved, format_version=99)
     with pytest.raises(ManifestError, match="format_version 99"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_weights_that_do_not_fit_name_the_keys(saved: Path) -> None:
     _edit(saved, source={"kind": "factory", "target": "conftest:make_digits_mlp", "kwargs": {"hidden": 8}})
     with pytest.raises((ManifestError, RuntimeError), match="fc1"):
-        ts.load(saved)
+        ts.load(saved, trust_code=True)
 
 
 def test_missing_directory_and_bad_factory(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_save_replaces_a_previous_save_atomically(saved: Path) -> None:
     with torch.no_grad():
         model.fc1.weight.fill_(1.0)
     ts.save(model, saved, factory="conftest:make_digits_mlp", kwargs={"hidden": 16})
-    assert torch.all(ts.load(saved).fc1.weight == 1.0)
+    assert torch.all(ts.load(saved, trust_code=True).fc1.weight == 1.0)
     assert [p.name for p in saved.parent.iterdir()] == ["m"]
 
 
@@ -175,7 +175,7 @@ def test_loading_never_unpickles(saved: Path, monkeypatch: pytest.MonkeyPatch) -
         raise AssertionError("torch.load called")
 
     monkeypatch.setattr(torch, "load", refuse)
-    ts.load(saved)
+    ts.load(saved, trust_code=True)
 
 
 def test_sparse_quantized_tensors_are_entropy_coded_and_restored_exactly() -> None:

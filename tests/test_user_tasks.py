@@ -59,7 +59,7 @@ def _check(root: Path, out: Path, recipe: dict[str, Any], case: str) -> None:
     report = json.loads((out / "report.json").read_text())
     final = report["stages"][-1]["accuracy"]
     task = resolve_task(recipe["task"])
-    reloaded = ts.load(out / "model")
+    reloaded = ts.load(out / "model", trust_code=["mypkg"])  # the saved source names mypkg's factory
     assert task.evaluate(reloaded) == pytest.approx(final, abs=1e-6)
     assert final >= THRESHOLD[case], report["stages"]
     assert report["metric"] == ("f1" if case == "csv" else "accuracy") and report["higher_is_better"]
@@ -105,7 +105,7 @@ def test_saved_model_directory_with_a_data_mapping(project: Path) -> None:
     first = CASES["npz"]
     ts.run_recipe(first, project / "out")
     again = {**first, "model": "out/model", "stages": []}
-    report = ts.run_recipe(again, project / "again")
+    report = ts.run_recipe(again, project / "again", trust_code=["mypkg"])
     assert report["stages"][0]["accuracy"] == pytest.approx(
         json.loads((project / "out" / "report.json").read_text())["stages"][-1]["accuracy"], abs=1e-6
     )
@@ -124,7 +124,7 @@ def test_lower_is_better_metric_through_validation_and_report(project: Path) -> 
     assert final < 0.25 * baseline  # training lowered the error
     history = report["stages"][-1]["history"]
     best = min(h["metric"] for h in history)
-    assert resolve_task(recipe["task"]).validate(ts.load(project / "out" / "model"), 0.2) == pytest.approx(
-        best
-    )
+    assert resolve_task(recipe["task"]).validate(
+        ts.load(project / "out" / "model", trust_code=True), 0.2
+    ) == pytest.approx(best)
     assert "mse (lower is better)" in (project / "out" / "report.html").read_text()

@@ -9,7 +9,7 @@ from torchslim.config import ChannelConfig, DistillConfig, QuantConfig, Sparsity
 from torchslim.distill.api import distill
 from torchslim.errors import ManifestError, UserError
 from torchslim.export import export_onnx
-from torchslim.io import load, save
+from torchslim.io import load, register_model, save
 from torchslim.metrics import Measurement, measure
 from torchslim.pipeline import run_recipe
 from torchslim.prune import make_permanent, prune_, register_importance
@@ -36,6 +36,7 @@ __all__ = [
     "prune_",
     "quantize_",
     "register_importance",
+    "register_model",
     "register_task",
     "run_recipe",
     "save",

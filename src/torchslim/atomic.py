@@ -32,6 +32,14 @@ def temp_dir_beside(dest: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def share_modes(directory: Path) -> None:
+    """Give every file under `directory` the mode a plain `open` would (writers such as safetensors
+    create theirs owner-only inside a private temporary directory)."""
+    for file in directory.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, 0o666 & ~_umask())
+
+
 @contextmanager
 def temp_file_beside(dest: Path) -> Iterator[Path]:
     """A temporary file path next to `dest`; `os.replace` it onto `dest` when complete."""

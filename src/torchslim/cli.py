@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="print nothing but errors")
     common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    common.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow loading saved models whose manifest names a Python factory to import and run",
+    )
 
     demo = sub.add_parser("demo", parents=[common], help="the main job on the embedded default task")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -99,7 +104,14 @@ def _run(recipe: Any, out: str | None, args: argparse.Namespace) -> dict[str, An
 
     quiet = args.quiet or args.json
     with RichReporter(enabled=not quiet) as reporter:
-        report = run_recipe(recipe, out, overwrite=args.overwrite, resume=args.resume, reporter=reporter)
+        report = run_recipe(
+            recipe,
+            out,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            reporter=reporter,
+            trust_code=args.trust_code,
+        )
     out_dir = Path(out) if out else Path("runs") / Path(getattr(recipe, "source", str(recipe))).stem
     if not quiet:
         print_summary(report, out_dir)
@@ -111,7 +123,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
     from torchslim.inspect_model import example_from_shapes, inspect_model
     from torchslim.pipeline import resolve_model, resolve_task
 
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, trust_code=args.trust_code)
     if args.input_shape:
         example = example_from_shapes(args.input_shape, args.dtype)
     else:

@@ -2,13 +2,15 @@
 
 A saved model is a directory:
 - `manifest.json`: the source (how to build the bare architecture), the transforms applied since
-  (each replayed on load to restore structure: new shapes, masks, quantized modules), and the
-  encoding of every tensor that is not stored densely;
+  (each replayed on load to restore structure: new shapes, masks, quantized modules), the encoding
+  of every tensor that is not stored densely, and the sha256 and size of every other file;
 - `model.safetensors`: the tensors.
 
-Three registries make this extensible: `SOURCES` (how to build a model: `zoo`, `factory`),
-`TRANSFORMS` (how to replay a structural change) and `CODECS` (how to store one tensor compactly).
-Loading executes no pickle; a `factory` source imports the named, installed module, as the user asks.
+Three registries make this extensible: `SOURCES` (how to build a model: `zoo`, `registered`,
+`factory`, `onnx`, `keras`), `TRANSFORMS` (how to replay a structural change) and `CODECS` (how to
+store one tensor compactly). Loading executes no pickle and treats the directory as untrusted: the
+manifest is validated (`torchslim.manifest`) and the files checked before anything is built, and a
+`factory` source (user code named by the file) runs only when the caller trusts it (`trust_code`).
 """
 
 from __future__ import annotations
@@ -24,40 +26,34 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from torchslim import entropy
-from torchslim.atomic import replace_dir, temp_dir_beside
+from torchslim import manifest as schema
+from torchslim import safe
+from torchslim.atomic import replace_dir, share_modes, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
+from torchslim.modeldir import MANIFEST, digest, inside, read_state, verify_files
 from torchslim.registry import Registry
+from torchslim.storage import CODECS, Codec, decode_state, encode_state, state_bytes  # noqa: F401  (public here)
+from torchslim.trust import Trust, check_trust, trusting  # noqa: F401  (public here)
 
-FORMAT = "torchslim"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+FORMAT = schema.FORMAT
+FORMAT_VERSION = schema.FORMAT_VERSION
 WEIGHTS = "model.safetensors"
 
 SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("registered model")
+"""In-process model factories (`register_model`): a manifest may name them without trust."""
 
 
 class Transform(Protocol):
     def __call__(self, model: nn.Module, params: dict[str, Any]) -> nn.Module:
-        """Replay a recorded change on the freshly built model (structure only; values load after)."""
+        """Replay a recorded change on the freshly built model (structure only; values load after).
+        `params` passed its schema (`manifest.TRANSFORM_PARAMS`); look names up through `torchslim.safe`."""
         ...
-
-
-class Codec(Protocol):
-    def encode(
-        self, name: str, tensor: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """Compact stored tensors plus JSON metadata, or None when this codec does not apply."""
-        ...
-
-    def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor: ...
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")
-CODECS: Registry[Codec] = Registry("tensor encoding")
 
 
 @dataclass
@@ -106,6 +102,10 @@ def add_transform(model: nn.Module, name: str, params: dict[str, Any]) -> None:
 
 
 # -- sources --------------------------------------------------------------------------------------
+MAX_BUILD_ELEMENTS = 1 << 30
+"""Parameters a zoo architecture built from manifest kwargs may have (probed on the meta device first)."""
+
+
 @SOURCES.register("zoo")
 def _zoo_source(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     from torchslim import zoo
@@ -113,7 +113,23 @@ def _zoo_source(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     task = zoo.get(name)
     if not callable(getattr(task, "build", None)):  # a user's task brings data, not an architecture
         raise ManifestError(f"task {name!r} cannot build a model (it has no `build`)")
+    make = getattr(task, "make", None)
+    if kwargs and callable(make):
+        _probe_size(lambda: make(**kwargs), f"zoo:{name} with {kwargs}")
     return task.build(**(kwargs or {}))  # type: ignore[attr-defined]
+
+
+def _probe_size(build: Callable[[], nn.Module], what: str) -> None:
+    """Refuse an architecture too large to allocate, counted without allocating (meta device)."""
+    try:
+        with torch.device("meta"):
+            numel = sum(p.numel() for p in build().state_dict().values())
+    except (UserError, TypeError, ValueError):
+        raise
+    except Exception:  # a task that cannot be built on the meta device is built for real
+        return
+    if numel > MAX_BUILD_ELEMENTS:
+        raise ManifestError(f"source {what}: {numel} elements, more than the {MAX_BUILD_ELEMENTS} allowed")
 
 
 @SOURCES.register("factory")
@@ -122,6 +138,24 @@ def _factory_source(target: str, kwargs: dict[str, Any] | None = None) -> nn.Mod
     if not isinstance(model, nn.Module):
         raise UserError(f"factory {target!r} returned {type(model).__name__}, not a torch.nn.Module")
     return set_source(model, "factory", target=target, kwargs=kwargs or {})
+
+
+@SOURCES.register("registered")
+def _registered_source(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    model = MODELS.get(name)(**(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise UserError(f"registered model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return set_source(model, "registered", name=name, kwargs=kwargs or {})
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Make `factory` loadable by name: `ts.save(model, path, factory=name)` records it, and `ts.load`
+    builds it (in a process that registered the same name) without `trust_code`."""
+    if not name or ":" in name:
+        raise UserError(f"register_model: name {name!r} must be non-empty and contain no ':'")
+    if not callable(factory):
+        raise UserError(f"register_model: factory for {name!r} is not callable")
+    MODELS.register(name, factory, replace=replace)
 
 
 def resolve_factory(target: str) -> Callable[..., Any]:
@@ -133,82 +167,12 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     except ImportError as exc:
         raise UserError(f"factory {target!r}: cannot import {module_name!r} ({exc})") from None
     for part in attr.split("."):
-        if not hasattr(obj, part):
+        if part.startswith("__") or not hasattr(obj, part):  # no walk through dunders to builtins
             raise UserError(f"factory {target!r}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise UserError(f"factory {target!r} is not callable")
     return obj
-
-
-# -- codecs ---------------------------------------------------------------------------------------
-def encode_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Each tensor in its smallest registered encoding, its parts entropy-coded where that pays;
-    shared tensors stored once, as aliases. Returns the stored tensors and the per-tensor metadata
-    (tensors absent from it are stored as they are)."""
-    stored: dict[str, torch.Tensor] = {}
-    encodings: dict[str, Any] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach()
-        key = (
-            tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
-            tuple(tensor.shape),
-            tensor.dtype,
-        )
-        if tensor.numel() and key in seen:
-            encodings[name] = {"codec": "alias", "of": seen[key]}
-            continue
-        seen[key] = name
-        parts, meta = _smallest_encoding(name, tensor)
-        for part, value in parts.items():
-            packed = entropy.compress(value)
-            if packed is not None:
-                parts[part] = packed[0]
-                meta.setdefault("zstd", {})[part] = packed[1]
-        stored.update(parts)
-        if meta != {"codec": "dense"}:
-            encodings[name] = {**meta, "parts": sorted(parts)}
-    return stored, encodings
-
-
-def _smallest_encoding(name: str, tensor: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    best: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({name: tensor.contiguous()}, {"codec": "dense"})
-    for codec_name in CODECS:
-        out = CODECS.get(codec_name).encode(name, tensor)
-        if out is not None and _nbytes(out[0]) < _nbytes(best[0]):
-            best = (dict(out[0]), {"codec": codec_name, **out[1]})
-    return best
-
-
-def decode_state(stored: dict[str, torch.Tensor], encodings: dict[str, Any]) -> dict[str, torch.Tensor]:
-    encoded = {part for meta in encodings.values() for part in meta.get("parts", ())}
-    state = {k: v for k, v in stored.items() if k not in encoded}
-    for name, meta in encodings.items():
-        if meta["codec"] == "alias":
-            continue
-        parts = {p: _stored(stored, p, name) for p in meta["parts"]}
-        for part, info in meta.get("zstd", {}).items():
-            parts[part] = entropy.decompress(parts[part], info)
-        state[name] = (
-            parts[name] if meta["codec"] == "dense" else CODECS.get(meta["codec"]).decode(parts, meta)
-        )
-    for name, meta in encodings.items():
-        if meta["codec"] == "alias":
-            state[name] = _stored(state, meta["of"], name)
-    return state
-
-
-def _stored(stored: dict[str, torch.Tensor], key: str, owner: str) -> torch.Tensor:
-    if key not in stored:
-        raise ManifestError(f"{WEIGHTS} lacks tensor {key!r} needed for {owner!r}")
-    return stored[key]
-
-
-def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    # safetensors' header costs about this much per tensor: count it, so splitting a tiny tensor never "wins"
-    return sum(t.numel() * t.element_size() + 64 for t in tensors.values())
 
 
 # -- save / load ----------------------------------------------------------------------------------
@@ -225,21 +189,24 @@ def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: boo
     if foreign and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"{path} exists and is not a torchslim model directory; refusing to overwrite it")
     stored, encodings = encode_state(model.state_dict())
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "torchslim_version": _version(),
-        "source": rec.source,
-        "transforms": rec.transforms,
-        "weights": WEIGHTS,
-        "encodings": encodings,
-    }
     with temp_dir_beside(path) as tmp:
         save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         for name, content in rec.files.items():
             (tmp / name).write_bytes(content)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "torchslim_version": _version(),
+            "source": rec.source,
+            "transforms": rec.transforms,
+            "weights": WEIGHTS,
+            "encodings": encodings,
+            "files": {name: digest(tmp / name) for name in sorted([WEIGHTS, *rec.files])},
+            "tensor_bytes": state_bytes(model.state_dict(), encodings),
+        }
         # compact: the manifest counts in size_bytes
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+        share_modes(tmp)
         replace_dir(tmp, path)
     return path
 
@@ -251,86 +218,123 @@ def save(
     factory: str | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> Path:
-    """Save to a directory (manifest.json + safetensors). `factory` names how to rebuild a user model."""
-    if factory is not None:
+    """Save to a directory (manifest.json + safetensors). `factory` names how to rebuild a user model:
+    a name given to `register_model` (loads without trust) or 'package.module:function'."""
+    if factory is not None and factory in MODELS:
+        set_source(model, "registered", name=factory, kwargs=kwargs or {})
+    elif factory is not None:
         resolve_factory(factory)
         set_source(model, "factory", target=factory, kwargs=kwargs or {})
     return write(model, path)
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_manifest(path: str | os.PathLike[str]) -> schema.Manifest:
+    """The validated manifest of a model directory (nothing built, no other file read)."""
     path = Path(path)
-    file = path / MANIFEST
     if not path.is_dir():
         raise ManifestError(f"{path}: no such model directory")
+    file = inside(path, MANIFEST)
     if not file.is_file():
         raise ManifestError(f"{path}: missing {MANIFEST}; not a torchslim model directory")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{file}: corrupted manifest, not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ManifestError(f"{file}: not a torchslim manifest (format field is missing or wrong)")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ManifestError(f"{file}: format_version {version!r} is not readable by this torchslim")
-    for key, kind in (("source", dict), ("transforms", list), ("weights", str), ("encodings", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise ManifestError(f"{file}: field {key!r} is missing or not a {kind.__name__}")
+    manifest = schema.read(file.read_bytes(), str(file))
+    kind = manifest.source.get("kind")
+    if kind not in SOURCES:
+        raise ManifestError(f"{file}: {SOURCES.unknown_message(str(kind))}")
+    for step in manifest.transforms:
+        if step.name not in TRANSFORMS:
+            raise ManifestError(f"{file}: {TRANSFORMS.unknown_message(step.name)}")
     return manifest
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a saved model: build the source, replay transforms, load tensors (strict), eval mode."""
+def load(path: str | os.PathLike[str], trust_code: Trust = False) -> nn.Module:
+    """Rebuild a saved model: check the files, build the source, replay transforms, load tensors
+    (strict), eval mode. A manifest naming user code (`factory`) is refused unless `trust_code`."""
     path = Path(path)
-    manifest = read_manifest(path)
-    for step in manifest["transforms"]:
-        if step.get("name") not in TRANSFORMS:
-            raise ManifestError(f"{path / MANIFEST}: {TRANSFORMS.unknown_message(step.get('name'))}")
-    weights = path / manifest["weights"]
-    if weights.parent != path or not weights.is_file():
-        raise ManifestError(f"{path}: weights file {manifest['weights']!r} named in {MANIFEST} is missing")
-    source = dict(manifest["source"])
-    kind = source.pop("kind", None)
-    if kind not in SOURCES:
-        raise ManifestError(f"{path / MANIFEST}: {SOURCES.unknown_message(kind)}")
-    files = _source_files(path, source)
-    model = SOURCES.get(kind)(**source)
-    for step in manifest["transforms"]:
-        model = TRANSFORMS.get(step["name"])(model, step.get("params", {}))
     try:
-        stored = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise ManifestError(f"{weights}: unreadable safetensors file ({exc})") from None
-    state = decode_state(stored, manifest["encodings"])
-    missing, unexpected = _state_mismatch(model, state)
-    if missing or unexpected:
+        return _load(path, trust_code)
+    except MemoryError:
         raise ManifestError(
-            f"{path}: weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}"
-        )
-    model.load_state_dict(state, strict=True)
+            f"{path}: out of memory while loading; the file is corrupted or too large"
+        ) from None
+    except ManifestError:
+        raise
+    except UserError as exc:  # a registry lookup or a check deeper down: still about this directory
+        raise ManifestError(f"{path}: {exc}") from None
+
+
+def _load(path: Path, trust_code: Trust) -> nn.Module:
+    manifest = read_manifest(path)
+    check_trust(manifest.source, trust_code, path / MANIFEST)
+    weights = inside(path, manifest.weights)
+    if not weights.is_file():
+        raise ManifestError(f"{path}: weights file {manifest.weights!r} named in {MANIFEST} is missing")
+    verify_files(path, manifest)
+    state = read_state(weights, manifest)
+    source = dict(manifest.source)
+    kind = source.pop("kind")
+    files = _source_files(path, source, manifest)
+    largest = max((t.numel() for t in state.values()), default=0)
+    with safe.element_budget(max(1 << 20, 64 * largest)):
+        model = _rebuild(path, kind, source, manifest)
+    _check_fits(path, model, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # a value the rebuilt layer rejects (its load hooks check packed data)
+        raise ManifestError(f"{path}: the stored tensors do not fit the rebuilt model ({exc})") from None
     rec = record_of(model)
-    rec.source = manifest["source"]
-    rec.transforms = list(manifest["transforms"])
+    rec.source = dict(manifest.source)
+    rec.transforms = [step.model_dump() for step in manifest.transforms]
     rec.files = files
     return model.eval()
 
 
-def _source_files(path: Path, source: dict[str, Any]) -> dict[str, bytes]:
+def _rebuild(path: Path, kind: str, source: dict[str, Any], manifest: schema.Manifest) -> nn.Module:
+    """Build the source and replay the transforms. The schema and the guards in `torchslim.safe` catch
+    what they can name; a combination they let through that the code cannot build (a weight of rank 0
+    for a quantized Linear) still ends as a ManifestError naming the step, never a traceback."""
+    where = "source"
+    try:
+        model = SOURCES.get(kind)(**source)
+        for i, step in enumerate(manifest.transforms):
+            where = f"transforms[{i}] ({step.name})"
+            model = TRANSFORMS.get(step.name)(model, schema.checked_params(step))
+    except (UserError, MemoryError):
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError) as exc:
+        raise ManifestError(
+            f"{path / MANIFEST}: {where} cannot be rebuilt as recorded ({type(exc).__name__}: {exc})"
+        ) from None
+    return model
+
+
+def _source_files(path: Path, source: dict[str, Any], manifest: schema.Manifest) -> dict[str, bytes]:
     """Resolve the source's `file` parameter inside the saved directory (never outside it)."""
     name = source.get("file")
     if name is None:
         return {}
-    file = path / str(name)
-    if Path(str(name)).name != name or not file.is_file():
+    file = inside(path, str(name))
+    if Path(str(name)).name != name or name in (MANIFEST, manifest.weights) or not file.is_file():
         raise ManifestError(f"{path}: source file {name!r} named in {MANIFEST} is missing")
+    if manifest.files is not None and name not in manifest.files:
+        raise ManifestError(f"{path}: source file {name!r} has no checksum in {MANIFEST}")
     source["file"] = str(file)
     return {str(name): file.read_bytes()}
 
 
-def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict())
-    return sorted(expected - set(state))[:10], sorted(set(state) - expected)[:10]
+def _check_fits(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The stored tensors have the rebuilt model's names and shapes (checked before any copy)."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state))[:10], sorted(set(state) - set(expected))[:10]
+    if missing or unexpected:
+        raise ManifestError(
+            f"{path}: weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}"
+        )
+    for name, tensor in expected.items():
+        got = state[name]
+        if got.shape != tensor.shape:
+            raise ManifestError(
+                f"{path}: tensor {name!r} has shape {list(got.shape)}, the rebuilt model {list(tensor.shape)}"
+            )
 
 
 def disk_size(path: str | os.PathLike[str]) -> int:

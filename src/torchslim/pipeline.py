@@ -28,6 +28,7 @@ from torchslim.metrics import layer_table, measure, paired_latency
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
 from torchslim.tasks.protocol import Task
+from torchslim.trust import ALL
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -69,21 +70,35 @@ class Context:
         return self.reporter.progress(description, total)
 
 
-def resolve_model(spec: str) -> nn.Module:
-    """`zoo:NAME`, a saved model directory, a model file of another framework, or `package.module:factory`."""
+def resolve_model(spec: str, trust_code: io.Trust = False) -> nn.Module:
+    """`zoo:NAME`, a saved model directory, a model file of another framework, or `package.module:factory`
+    (which the user named, so it runs; a saved directory naming a factory needs `trust_code`)."""
     if spec.startswith("zoo:"):
         return zoo.get(spec[4:]).model()
     path = Path(spec)
     if path.suffix in interop.IMPORTERS:
         return interop.import_model(path)
     if path.is_dir():
-        return io.load(path)
+        return io.load(path, trust_code=trust_code)
     if ":" in spec and "/" not in spec:
         return io.SOURCES.get("factory")(target=spec)
     raise UserError(
         f"model {spec!r}: not zoo:NAME, a saved model directory, a model file "
         f"({', '.join(interop.IMPORTERS.names())}), or package.module:factory"
     )
+
+
+def _own_factories(model: nn.Module) -> list[str]:
+    """The factory the run's model was built from (already trusted to get here): its stages reload it."""
+    source = io.record_of(model).source or {}
+    return [str(source["target"])] if source.get("kind") == "factory" else []
+
+
+def _trusted(trust_code: io.Trust) -> list[str]:
+    """The run's `trust_code` as `io.trusting` entries (a teacher directory loads under it too)."""
+    if isinstance(trust_code, bool):
+        return [ALL] if trust_code else []
+    return [trust_code] if isinstance(trust_code, str) else list(trust_code)
 
 
 def resolve_task(recipe_task: str | dict[str, Any] | None, model: nn.Module) -> Task:
@@ -100,12 +115,15 @@ def run_recipe(
     overwrite: bool = False,
     resume: bool = False,
     reporter: Reporter | None = None,
+    trust_code: io.Trust = False,
 ) -> dict[str, Any]:
     """Run every stage of `recipe` and write OUT/ (report.json, report.html, model/, stages/).
 
     The run builds in `.OUT.partial/` beside OUT and renames it into place when complete. With
     `resume`, an interrupted run continues there: finished stages are reloaded, and a training stage
     restarts from its last epoch checkpoint. Under torchrun only rank 0 writes OUT.
+    `trust_code` is passed to `ts.load` for
+    a `model:` directory; the run reloads the stages it saves trusting the factory its model came from.
     """
     recipe = _coerce(recipe)
     out = Path(out) if out is not None else Path("runs") / Path(recipe.source).stem
@@ -114,10 +132,11 @@ def run_recipe(
     distributed.init_from_env()
     rank = distributed.rank_and_size()[0]
     work = out.with_name(f".{out.name}.partial" + (f"-rank{rank}" if rank else ""))
-    model = resolve_model(recipe.model)  # bad input fails here, before anything is written
+    model = resolve_model(recipe.model, trust_code)  # bad input fails here, before anything is written
     task = resolve_task(recipe.task, model)
     _prepare(work, recipe, resume)
-    report = _run(recipe, model, task, work, reporter or Reporter())
+    with io.trusting([*_own_factories(model), *_trusted(trust_code)]):
+        report = _run(recipe, model, task, work, reporter or Reporter())
     distributed.barrier()
     if rank == 0:
         replace_dir(work, out)

@@ -46,7 +46,7 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

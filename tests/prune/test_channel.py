@@ -130,10 +130,12 @@ def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
     torch.save(model.eval()(x), tmp_path / "y.pt")
     torch.save(x, tmp_path / "x.pt")
     code = (
-        f"import torch, torchslim as ts; m = ts.load(r'{tmp_path}/m'); x = torch.load(r'{tmp_path}/x.pt'); "
+        f"import torch, torchslim as ts; m = ts.load(r'{tmp_path}/m', trust_code=True); "
+        f"x = torch.load(r'{tmp_path}/x.pt'); "
         f"assert torch.allclose(m(x), torch.load(r'{tmp_path}/y.pt'), atol=1e-5); print('ok')"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.strip().endswith("ok"), done.stderr[-2000:]
     assert isinstance(ResNet(), nn.Module)
@@ -169,7 +171,7 @@ def test_bert_heads_prune_and_reload_through_ts(tmp_path: Path) -> None:
     assert att.num_attention_heads == 2 and att.query.out_features == 16
     assert model.config.num_attention_heads == 4  # fewer heads cannot be expressed in BertConfig
     ts.save(model, tmp_path / "m", factory="test_channel_nets:bert")
-    again = ts.load(tmp_path / "m")
+    again = ts.load(tmp_path / "m", trust_code=True)
     assert torch.allclose(again(x).last_hidden_state, model(x).last_hidden_state, atol=1e-5)
 
 

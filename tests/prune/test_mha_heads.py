@@ -228,7 +228,7 @@ def test_save_load_replays_the_swap(tmp_path: Path) -> None:
     model = encoder_net()
     ts.prune_(model, ts.ChannelConfig(ratio=0.5), example_inputs=TOKENS)
     ts.save(model, tmp_path / "m", factory="test_mha_heads:encoder_net")
-    again = ts.load(tmp_path / "m")
+    again = ts.load(tmp_path / "m", trust_code=True)
     assert not any(f.suffix in (".pt", ".pkl", ".bin") for f in (tmp_path / "m").iterdir())
     layer = again.encoder.layers[0]
     assert isinstance(layer.self_attn, PrunedMultiheadAttention)
@@ -246,7 +246,7 @@ def test_pruning_twice_composes_heads(tmp_path: Path) -> None:
     ts.prune_(model, ts.ChannelConfig(ratio=0.5), example_inputs=X)
     assert model.attn.num_heads == 2 and set(model.attn.heads) < set(first)
     ts.save(model, tmp_path / "m", factory="test_mha_heads:BareAttention", kwargs={"heads": 8})
-    again = ts.load(tmp_path / "m")
+    again = ts.load(tmp_path / "m", trust_code=True)
     assert again.attn.heads == model.attn.heads and torch.equal(again(X), model(X))
 
 
@@ -258,7 +258,7 @@ def test_unstructured_attention_kind_covers_the_replacement(tmp_path: Path) -> N
     ts.prune_(model, ts.SparsityConfig(sparsity=0.5))
     assert (model.attn.in_proj_weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
     ts.save(model, tmp_path / "m", factory="test_mha_heads:bare_net")
-    assert torch.equal(ts.load(tmp_path / "m")(X), model(X))
+    assert torch.equal(ts.load(tmp_path / "m", trust_code=True)(X), model(X))
 
 
 def test_decoder_layers_and_cross_attention_prune() -> None:

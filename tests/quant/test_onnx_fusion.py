@@ -102,7 +102,9 @@ def test_static_cnn_graph_fuses_like_onnxruntime_quantizer(tmp_path: Path) -> No
 
     ts.io.set_source(net, "factory", target=f"{__name__}:_fresh")
     ts.save(net, tmp_path / "m")
-    loaded = ts.load(tmp_path / "m")  # the fold replays: Identity in place of BatchNorm, conv with bias
+    loaded = ts.load(
+        tmp_path / "m", trust_code=True
+    )  # the fold replays: Identity in place of BatchNorm, conv with bias
     assert isinstance(loaded.bn1, nn.Identity) and torch.equal(loaded(data[0]), out)
 
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
+from torchslim import safe
 from torchslim.data import call, split
 from torchslim.errors import UserError
 from torchslim.io import TRANSFORMS, add_transform
+from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Strict
 
 
 def repeated_blocks(model: nn.Module) -> str:
@@ -69,8 +72,15 @@ def _renumber_layer_indices(stack: nn.ModuleList | nn.Sequential) -> None:
                 setattr(module, "layer_idx", position)  # noqa: B010  (typed as Tensor | Module)
 
 
+@TRANSFORM_PARAMS.register("keep_blocks")
+class KeepBlocksParams(Strict):
+    path: ModulePath
+    keep: Annotated[list[Annotated[int, Field(ge=0, le=1 << 16)]], Field(min_length=1, max_length=1 << 16)]
+
+
 @TRANSFORMS.register("keep_blocks")
 def _replay_keep_blocks(model: nn.Module, params: dict[str, Any]) -> nn.Module:
+    safe.submodule(model, params["path"], "keep_blocks")
     return _keep(model, params["path"], list(params["keep"]))
 
 

@@ -222,11 +222,19 @@ def build(config: dict[str, Any]) -> KerasNet:
 
 def build_from_config(file: str) -> nn.Module:
     """The `keras` source of `ts.load`: rebuild the bare module from the saved Keras architecture JSON."""
+    from torchslim.manifest import parse_json
+
     try:
-        config = json.loads(Path(file).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = Path(file).read_bytes()
+    except OSError as exc:
         raise ManifestError(f"{file}: unreadable Keras architecture ({exc})") from None
-    return build(config)
+    config = parse_json(data, f"{file} (Keras architecture)", max_depth=64)
+    try:
+        return build(config)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"{file}: malformed Keras architecture ({type(exc).__name__}: {exc})") from None
 
 
 # -- Keras files ------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from torchslim import io
-from torchslim.errors import UserError
+from torchslim import io, safe
+from torchslim.errors import ManifestError, UserError
+from torchslim.interop.onnx_fold import check_fold, check_outputs
 from torchslim.registry import Registry
 
 if TYPE_CHECKING:
@@ -57,7 +58,11 @@ def import_onnx(path: str | Path) -> nn.Module:
 def build_from_structure(file: str) -> nn.Module:
     """The `onnx` model source of `ts.load`: the architecture from the stripped graph, values zero
     (`ts.load` records the source and its file on the rebuilt model)."""
-    return convert(_onnx().load(file, load_external_data=False), source=file)
+    try:
+        model = _onnx().load(file, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, ValueError or OSError for broken files
+        raise ManifestError(f"{file}: not a readable ONNX graph ({exc})") from None
+    return convert(model, source=file)
 
 
 def convert(model: onnx.ModelProto, *, source: str = "<onnx>") -> fx.GraphModule:
@@ -187,7 +192,17 @@ class Builder:
         )
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
         feeds = {n: self.const(n) for n in node.input if n}
-        return tuple(np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds))
+        why = check_fold(node, [feeds.get(n) for n in node.input], self.attrs())
+        if why is not None:
+            self.fail(f"cannot fold this constant node: {why}")
+        try:
+            outputs = tuple(np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds))
+        except MemoryError:
+            self.fail("folding this constant node ran out of memory")
+        why = check_outputs(outputs)
+        if why is not None:
+            self.fail(f"cannot fold this constant node: {why}")
+        return outputs
 
     # -- inputs -----------------------------------------------------------------------------------
     def is_const(self, name: str) -> bool:
@@ -277,9 +292,13 @@ def _array(tensor: onnx.TensorProto) -> np.ndarray:
     """Values of an initializer; a stripped one (see `strip_weights`) is zeros of its shape."""
     from onnx import helper, numpy_helper
 
-    if tensor.data_location == 1 and any(e.value == "stripped" for e in tensor.external_data):
+    if tensor.data_location == 1:
+        if not any(e.value == "stripped" for e in tensor.external_data):  # never read a path a file names
+            raise UserError(f"initializer {tensor.name!r}: external data that was not loaded with the model")
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        safe.check_numel(list(tensor.dims), f"stripped initializer {tensor.name!r}")
         return np.zeros(tuple(tensor.dims), dtype=dtype)
+    safe.check_numel(list(tensor.dims), f"initializer {tensor.name!r}")
     return np.asarray(numpy_helper.to_array(tensor))
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from torchslim import io
+from torchslim.errors import ManifestError
+from torchslim.storage import dtype_of
 
 MIN_NUMEL = 16
 Encoded = tuple[dict[str, torch.Tensor], dict[str, Any]] | None
@@ -30,17 +32,38 @@ def _meta(tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def _dtype(meta: dict[str, Any]) -> torch.dtype:
-    dtype = getattr(torch, meta["dtype"])
-    assert isinstance(dtype, torch.dtype)
-    return dtype
+    return dtype_of(meta["dtype"])
+
+
+def _numel(meta: dict[str, Any]) -> int:
+    return int(np.prod(meta["shape"], dtype=np.int64)) if meta["shape"] else 1
+
+
+def _part(
+    tensors: dict[str, torch.Tensor], suffix: str, dtype: torch.dtype | None, numel: int | None
+) -> torch.Tensor:
+    """The one part ending in `suffix`, refused unless it is 1-D of `dtype` and `numel` elements."""
+    found = _parts(tensors, suffix)
+    if len(found) != 1:
+        raise ManifestError(f"encoding needs exactly one part ending in {suffix!r}, found {len(found)}")
+    part = found[0]
+    if (
+        part.dim() != 1
+        or (dtype is not None and part.dtype != dtype)
+        or (numel is not None and part.numel() != numel)
+    ):
+        raise ManifestError(
+            f"corrupted: part {suffix!r} is {part.dtype} {list(part.shape)}, expected {dtype} [{numel}]"
+        )
+    return part
 
 
 def _pack(flags: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(flags.flatten().numpy(), bitorder="little"))
 
 
-def _unpack(bits: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.from_numpy(np.unpackbits(bits.numpy(), count=n, bitorder="little").astype(bool))
+def _unpack(bits: torch.Tensor, n: int) -> np.ndarray:
+    return np.unpackbits(bits.numpy(), count=n, bitorder="little").astype(bool)
 
 
 class SparseBitmask:
@@ -55,10 +78,11 @@ class SparseBitmask:
         return {f"{name}::bits": _pack(nonzero), f"{name}::values": flat[nonzero].clone()}, _meta(tensor)
 
     def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        (bits,), (values,) = _parts(tensors, "::bits"), _parts(tensors, "::values")
-        n = int(np.prod(meta["shape"]))
-        out = torch.zeros(n, dtype=_dtype(meta))
-        out[_unpack(bits, n)] = values
+        n, dtype = _numel(meta), _dtype(meta)
+        flags = _unpack(_part(tensors, "::bits", torch.uint8, (n + 7) // 8), n)
+        values = _part(tensors, "::values", dtype, int(flags.sum()))
+        out = torch.zeros(n, dtype=dtype)
+        out[torch.from_numpy(flags)] = values
         return out.view(meta["shape"])
 
 
@@ -109,15 +133,20 @@ class SparseIndex:
         return out, {**meta, "limit": best[2]}
 
     def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        (index,) = _parts(tensors, "::index")
-        n = int(np.prod(meta["shape"]))
-        positions = _positions(index, int(meta["limit"]))
-        if _dtype(meta) == torch.bool:
-            out = torch.full((n,), bool(meta["invert"]))
-            out[positions] = not meta["invert"]
+        n, dtype, limit = _numel(meta), _dtype(meta), int(meta["limit"])
+        code_type = torch.uint8 if limit == 255 else torch.uint16
+        index = _part(tensors, "::index", code_type, None)
+        if index.numel() > n:  # each code advances at least one position
+            raise ManifestError(f"corrupted: {index.numel()} index codes for a tensor of {n} elements")
+        positions = _positions(index, limit)
+        if positions.numel() and int(positions[-1]) >= n:
+            raise ManifestError(f"corrupted: index codes point past the end of a tensor of {n} elements")
+        if dtype == torch.bool:
+            out = torch.full((n,), bool(meta.get("invert", False)))
+            out[positions] = not meta.get("invert", False)
         else:
-            out = torch.zeros(n, dtype=_dtype(meta))
-            out[positions] = _parts(tensors, "::values")[0]
+            out = torch.zeros(n, dtype=dtype)
+            out[positions] = _part(tensors, "::values", dtype, positions.numel())
         return out.view(meta["shape"])
 
 
@@ -128,8 +157,11 @@ class PackedBits:
         return {f"{name}::bits": _pack(tensor.detach().cpu())}, _meta(tensor)
 
     def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        (bits,) = _parts(tensors, "::bits")
-        return _unpack(bits, int(np.prod(meta["shape"]))).view(meta["shape"])
+        n = _numel(meta)
+        if meta["dtype"] != "bool":
+            raise ManifestError(f"packed_bits stores bool tensors, not {meta['dtype']}")
+        bits = _part(tensors, "::bits", torch.uint8, (n + 7) // 8)
+        return torch.from_numpy(_unpack(bits, n)).view(meta["shape"])
 
 
 def _parts(tensors: dict[str, torch.Tensor], suffix: str) -> list[torch.Tensor]:

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from torchslim import io
-from torchslim.errors import ManifestError
+from torchslim import io, safe
+from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Strict
 
 MASKS = "unstructured_masks"
 FOLDED = "unstructured_masks_folded"
@@ -189,13 +189,22 @@ def _key(module_name: str, param: str) -> str:
 
 def _locate(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     module_name, _, param = key.rpartition(".")
-    try:
-        module = model.get_submodule(module_name)
-    except AttributeError:
-        raise ManifestError(f"{MASKS}: the model has no layer {module_name!r}") from None
-    if not isinstance(getattr(module, param, None), torch.Tensor):
-        raise ManifestError(f"{MASKS}: layer {module_name!r} has no tensor {param!r}")
-    return module, param
+    module = safe.submodule(model, module_name, MASKS)
+    return module, safe.tensor_name(module, param, f"{MASKS} {key!r}")
+
+
+class _MaskOptions(Strict):
+    soft: bool = False
+
+
+@TRANSFORM_PARAMS.register(MASKS)
+class MasksParams(Strict):
+    layers: dict[ModulePath, _MaskOptions]
+
+
+@TRANSFORM_PARAMS.register(FOLDED)
+class FoldedParams(Strict):
+    layers: list[ModulePath]
 
 
 @io.TRANSFORMS.register(MASKS)

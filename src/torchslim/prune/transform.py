@@ -15,8 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
+from torchslim import safe
+from torchslim.errors import ManifestError
 from torchslim.io import TRANSFORMS
+from torchslim.manifest import TRANSFORM_PARAMS, Attribute, ModulePath, Name, Shape, Strict
 from torchslim.registry import Registry
 
 REPLACEMENTS: Registry[Callable[[nn.Module], nn.Module]] = Registry("module replacement")
@@ -68,23 +72,37 @@ def record_prune(
     return {"shapes": shapes, "attrs": attrs}
 
 
+@TRANSFORM_PARAMS.register("channel_prune")
+class ChannelPruneParams(Strict):
+    replace: dict[ModulePath, Name] = Field(default_factory=dict)
+    shapes: dict[ModulePath, dict[Attribute, Shape]] = Field(default_factory=dict)
+    attrs: dict[ModulePath, dict[Attribute, bool | int | float | list[int | float]]] = Field(
+        default_factory=dict
+    )
+
+
 @TRANSFORMS.register("channel_prune")
 def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Give the freshly built `model` the recorded replacements, shapes and attributes (values load
-    afterwards)."""
+    afterwards). Only existing submodules, their own tensors and their plain size attributes are touched."""
+    where = "channel_prune"
     for name, replacement in params.get("replace", {}).items():
-        model.set_submodule(name, REPLACEMENTS.get(replacement)(model.get_submodule(name)))
+        model.set_submodule(name, REPLACEMENTS.get(replacement)(safe.submodule(model, name, where)))
     for name, shapes in params.get("shapes", {}).items():
-        module = model.get_submodule(name)
+        module = safe.submodule(model, name, where)
         for tensor_name, shape in shapes.items():
+            safe.tensor_name(module, tensor_name, f"{where} {name!r}", parametrized=False)
+            safe.check_numel(shape, f"{where} {name}.{tensor_name}")
             old = getattr(module, tensor_name)
+            if old is None or old.dim() != len(shape):
+                raise ManifestError(f"{where}: {name}.{tensor_name} cannot take shape {shape}")
             new = torch.empty(shape, dtype=old.dtype, device=old.device)
             if isinstance(old, nn.Parameter):
-                setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+                module._parameters[tensor_name] = nn.Parameter(new, requires_grad=old.requires_grad)
             else:
                 module._buffers[tensor_name] = new
     for name, attrs in params.get("attrs", {}).items():
-        module = model.get_submodule(name)
+        module = safe.submodule(model, name, where)
         for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
+            setattr(module, attr, safe.plain_attribute(module, attr, value, f"{where} {name!r}"))
     return model

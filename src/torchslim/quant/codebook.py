@@ -17,14 +17,16 @@ goes to eval mode, outside the traced graph): the .onnx file is not smaller than
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from torchslim import io
+from torchslim import io, safe
 from torchslim.config import QuantConfig
-from torchslim.errors import UserError
+from torchslim.errors import ManifestError, UserError
+from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
 from torchslim.quant import ptq
 from torchslim.quant.geometry import Geometry, geometry_of
 from torchslim.quant.primitives import check_bits, pack, packed_numel, unpack
@@ -167,9 +169,25 @@ def _swap(model: nn.Module, name: str, mod: nn.Module, bits: int, has_zero: bool
     return cb
 
 
+class CodebookLayer(Strict):
+    type: Name | None = None
+    bits: Annotated[int, Field(ge=2, le=8)]
+    zero_centroid: bool
+
+
+@TRANSFORM_PARAMS.register(TRANSFORM)
+class CodebookParams(Strict):
+    layers: dict[ModulePath, CodebookLayer]
+
+
 @io.TRANSFORMS.register(TRANSFORM)
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Swap in empty codebook layers of the recorded widths; indices and centroids load afterwards."""
     for name, p in params["layers"].items():
-        _swap(model, name, model.get_submodule(name), int(p["bits"]), bool(p["zero_centroid"]))
+        layer = safe.submodule(model, name, TRANSFORM)
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise ManifestError(f"{TRANSFORM}: layer {name!r} has no weight tensor")
+        safe.check_numel(weight.shape, f"{TRANSFORM} {name}")
+        _swap(model, name, layer, int(p["bits"]), bool(p["zero_centroid"]))
     return model

@@ -11,15 +11,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from torchslim import io
+from torchslim import io, safe
 from torchslim.config import QuantConfig
 from torchslim.data import split
-from torchslim.errors import UserError
+from torchslim.errors import ManifestError, UserError
+from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
 from torchslim.quant import flow
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
@@ -254,15 +256,45 @@ def replayed_spec(p: dict[str, Any]) -> WeightSpec:
     )
 
 
+class QuantLayer(Strict):
+    """One quantized layer as recorded (`layer_params`), validated before replay."""
+
+    type: Name | None = None
+    bits: Annotated[int, Field(ge=2, le=8)]
+    granularity: Literal["per_tensor", "per_channel", "per_group"]
+    group_size: Annotated[int, Field(ge=1, le=1 << 20)]
+    symmetric: bool
+    activations: Literal["dynamic", "static"] | None = None
+    smooth: bool = False
+    folded_bn: ModulePath | None = None
+    out_grid: ModulePath | None = None
+    reduce_range: bool = False
+
+
+@TRANSFORM_PARAMS.register(TRANSFORM)
+class QuantParams(Strict):
+    layers: dict[ModulePath, QuantLayer]
+
+
 @io.TRANSFORMS.register(TRANSFORM)
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Swap the recorded layers for empty quantized ones; packed values load afterwards."""
     for name, p in params["layers"].items():
         spec = replayed_spec(p)
         if p.get("folded_bn"):  # the BatchNorm lives in the weights and bias now
+            safe.submodule(model, p["folded_bn"], TRANSFORM)
             flow.replace(model, p["folded_bn"], nn.Identity())
-            conv = model.get_submodule(name)
+            conv = safe.submodule(model, name, TRANSFORM)
+            if not isinstance(getattr(conv, "weight", None), torch.Tensor):
+                raise ManifestError(f"{TRANSFORM}: layer {name!r} has no weight to fold a BatchNorm into")
             if conv.bias is None:
                 conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]))
-        swap(model, name, model.get_submodule(name), spec, p["activations"], p.get("smooth", False))
+        swap(
+            model,
+            name,
+            safe.submodule(model, name, TRANSFORM),
+            spec,
+            p["activations"],
+            p.get("smooth", False),
+        )
     return model

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim import io
+from torchslim import io, safe
 from torchslim.config import QuantConfig
 from torchslim.errors import UserError
+from torchslim.manifest import TRANSFORM_PARAMS
 from torchslim.quant import ptq
 from torchslim.quant.calibrate import calibrate
 from torchslim.quant.geometry import geometry_of
@@ -149,10 +150,13 @@ def convert_(model: nn.Module) -> QuantResult:
     return result
 
 
+TRANSFORM_PARAMS.register(TRANSFORM, ptq.QuantParams)
+
+
 @io.TRANSFORMS.register(TRANSFORM)
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Wrap the recorded layers again (their float weights, masks and ranges load afterwards)."""
     for name, p in params["layers"].items():
         spec = ptq.replayed_spec(p)
-        _wrap(model, name, model.get_submodule(name), spec, p["activations"])
+        _wrap(model, name, safe.submodule(model, name, TRANSFORM), spec, p["activations"])
     return model

@@ -1,0 +1,97 @@
+"""How large a constant-folded ONNX node's output would be, computed before it is folded.
+
+Folding runs onnx's reference evaluator on constant inputs at import time, so a tiny file can ask
+for a huge allocation: a `Pad` of 2^31, an `Add` or `Where` broadcasting [N, 1] against [1, M], a
+`MatMul` outer product. Each operator's output size follows from its constant inputs and attributes
+(`SIZES`, with elementwise broadcasting as the default); `FOLD_LIMIT` bounds it, and every folded output
+is checked again afterwards. Operators without a converter never get here (refused before building).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from torchslim.registry import Registry
+
+if TYPE_CHECKING:
+    import onnx
+
+FOLD_LIMIT = 1 << 26
+"""Elements a folded constant may hold (256 MiB of float32)."""
+
+Inputs = list[np.ndarray | None]
+SIZES: Registry[Callable[[Inputs, dict[str, Any]], float]] = Registry("folded ONNX operator size")
+
+
+def _values(a: np.ndarray | None) -> list[float]:
+    return [] if a is None else [float(v) for v in np.asarray(a).reshape(-1)]
+
+
+def _in(inputs: Inputs, i: int) -> np.ndarray | None:
+    return inputs[i] if i < len(inputs) else None
+
+
+def _shape(a: np.ndarray | None) -> list[int]:
+    return [] if a is None else list(a.shape)
+
+
+def _size(a: np.ndarray | None) -> float:
+    return 0.0 if a is None else float(a.size)
+
+
+@SIZES.register("Pad")
+def _pad(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    shape = _shape(_in(inputs, 0))
+    pads = _values(_in(inputs, 1)) if len(inputs) > 1 else [float(p) for p in attrs.get("pads", [])]
+    if len(pads) < 2 * len(shape):  # the `axes` form: bound by padding every axis by the largest pad
+        pads = [max(pads, default=0.0)] * (2 * len(shape))
+    return math.prod(d + pads[i] + pads[i + len(shape)] for i, d in enumerate(shape))
+
+
+@SIZES.register("MatMul")
+def _matmul(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    a, b = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    if len(a) < 2 or len(b) < 2:
+        return _broadcast(inputs, attrs)
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return math.prod(batch) * a[-2] * b[-1]
+
+
+@SIZES.register("Gemm")
+def _gemm(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    a, b = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    rows = a[1] if attrs.get("transA") else a[0]
+    cols = b[0] if attrs.get("transB") else b[1]
+    return float(rows * cols)
+
+
+def _broadcast(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    """Elementwise operators (Add, Mul, Where, ...) broadcast their inputs: [N, 1] + [1, M] is N x M."""
+    shapes = [tuple(_shape(a)) for a in inputs if a is not None]
+    try:
+        return float(math.prod(np.broadcast_shapes(*shapes))) if shapes else 0.0
+    except ValueError:  # not broadcastable: the operator concatenates or reshapes, output ~ inputs
+        return sum(_size(a) for a in inputs)
+
+
+def check_fold(node: onnx.NodeProto, inputs: Inputs, attrs: dict[str, Any]) -> str | None:
+    """Why folding `node` is refused (its output would exceed FOLD_LIMIT), or None."""
+    size_of = SIZES.get(node.op_type) if node.op_type in SIZES else _broadcast
+    try:
+        size = size_of(inputs, attrs)
+    except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError):
+        return "its output size cannot be computed from its inputs"
+    if not size <= FOLD_LIMIT:  # also catches NaN
+        return f"its output would hold {size:.3g} elements, more than the {FOLD_LIMIT} allowed"
+    return None
+
+
+def check_outputs(outputs: tuple[np.ndarray, ...]) -> str | None:
+    big = max((o.size for o in outputs), default=0)
+    return (
+        None if big <= FOLD_LIMIT else f"its output holds {big} elements, more than the {FOLD_LIMIT} allowed"
+    )
