@@ -20,8 +20,8 @@ MAX_DEPTH = 64
 """Deepest nesting of lists and mappings accepted in a recipe or a run's own JSON files."""
 MAX_VALUES = 100_000
 """Most values (counting each use of a YAML alias) a recipe may hold: alias bombs stop here."""
-MAX_TEXT_BYTES = 4 << 20
-"""Largest recipe (or run state) file read."""
+MAX_TEXT_BYTES = 256 << 10
+"""Largest recipe (or run state) file read: recipes are a few hundred bytes."""
 MAX_STRING = 4096
 """Longest string value: the longest path Linux accepts (PATH_MAX)."""
 MAX_NAME = 255
@@ -79,9 +79,14 @@ def check_path(path: str | os.PathLike[str], what: str) -> Path:
 
 def json_depth(text: str) -> int:
     """Deepest bracket nesting of a JSON text (strings skipped), without parsing it."""
+    return bracket_depth(_STRING.sub('""', text))
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of `[]{}` in `text`, counting every bracket (an upper bound for YAML)."""
     depth = deepest = 0
-    for match in _BRACKET.finditer(_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
+    for match in _BRACKET.finditer(text):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
         deepest = max(deepest, depth)
     return deepest
 

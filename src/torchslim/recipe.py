@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -24,6 +25,8 @@ from torchslim.registry import Registry
 
 Loc = tuple[str | int, ...]
 MAX_SEED = 2**32 - 1
+MAX_TOKENS = 20_000
+_SYNTAX = re.compile(r"[\[\]{},:\n]")
 C = TypeVar("C", bound="BaseConfig")
 
 
@@ -141,6 +144,13 @@ class _Loader(yaml.SafeLoader):
 
 def _load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
     """The node tree (for line numbers) and the data of one YAML document, parsed once."""
+    # Pure-Python PyYAML takes about 0.1 ms a token, and the square of the open brackets on one
+    # line: both are counted first (in strings and comments too, so only far more than any recipe
+    # holds is refused here; the loader then applies the exact depth limit)
+    if bounded.bracket_depth(text) > 4 * bounded.MAX_DEPTH:
+        raise yaml.YAMLError(f"nested more than {bounded.MAX_DEPTH} levels deep")
+    if len(_SYNTAX.findall(text)) > MAX_TOKENS:
+        raise yaml.YAMLError(f"more than {MAX_TOKENS} lines, brackets, commas and colons; a recipe is small")
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
