@@ -6,71 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipe_mutations import mutations
+from recipe_mutations import HAND_WRITTEN, OK, mutations
 from torchslim import bounded, pipeline
 from torchslim.cli import main
 from torchslim.errors import UserError
 from torchslim.recipe import parse_recipe
-
-OK = "model: zoo:tiny-digits\nstages:\n  - finetune: {epochs: 1}\n"
-BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True))
-BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + BOMB
-
-
-def _deep(depth: int) -> str:
-    return "model: zoo:tiny-digits\nstages: " + "[" * depth + "]" * depth + "\n"
-
-
-HAND_WRITTEN: list[tuple[str, str | bytes, str]] = [
-    ("binary junk", bytes(range(256)) * 4, "not UTF-8 text (byte 0x80 at offset 128)"),
-    ("latin-1 text", "model: zoo:tiny-digits  # café\n".encode("latin-1"), "not UTF-8"),
-    ("utf-16", OK.encode("utf-16"), "not UTF-8"),
-    ("NUL byte", "model: zoo:tiny-digits\0\n", "not valid YAML"),
-    ("empty file", "", "must be a mapping"),
-    ("a list", "- model: zoo:tiny-digits\n", "must be a mapping"),
-    ("stages 5000 deep", _deep(5000), "nested more than 64 levels deep"),
-    ("a line of 10**5 brackets", "model: zoo:tiny-digits\nstages: " + "[" * 10**5, "nested"),
-    ("JSON 5000 deep", '{"model": "zoo:tiny-digits", "stages": ' + "[" * 5000 + "]" * 5000 + "}", "nested"),
-    ("mappings 5000 deep", "model: zoo:tiny-digits\noutput: " + "{a: " * 5000 + "1" + "}" * 5000, "nested"),
-    ("alias bomb", BOMB + "model: zoo:tiny-digits\nstages: [*g]\n", "more than 100000 values"),
-    ("python tag", "model: !!python/object/apply:os.system [echo hi]\n", "not valid YAML"),
-    ("binary value", "model: !!binary aGVsbG8=\n", "binary data is not accepted"),
-    ("seed 10**29", OK + f"seed: {10**29}\n", "seed: integer 1000"),
-    ("seed 2**32", OK + f"seed: {2**32}\n", "seed: Input should be less than or equal to 4294967295"),
-    ("seed -1", OK + "seed: -1\n", "seed: Input should be greater than or equal to 0"),
-    ("seed 1.5", OK + "seed: 1.5\n", "seed: Input should be a valid integer"),
-    ("5000-digit int", OK + "seed: 1" + "0" * 5000 + "\n", "Exceeds the limit (4300 digits)"),
-    (
-        "inf temperature",
-        "model: zoo:tiny-digits\nstages:\n  - distill: {temperature: .inf}\n",
-        "not a finite",
-    ),
-    ("nan lr", "model: zoo:tiny-digits\nstages:\n  - finetune: {lr: .nan}\n", "nan is not a finite"),
-    ("epochs 10**6", "model: zoo:tiny-digits\nstages:\n  - finetune: {epochs: 1000000}\n", "less than or"),
-    ("modle", "modle: zoo:tiny-digits\nstages: []\n", "modle: unknown key; did you mean model?"),
-    ("stages a string", "model: zoo:tiny-digits\nstages: finetune\n", "stages: Input should be a valid list"),
-    ("pickle output", "model: zoo:tiny-digits\noutput: {formats: [pickle]}\n", "unknown output format"),
-    ("empty model", "model: ''\n", "model: String should have at least 1 character"),
-    ("model 10**6 long", "model: " + "a" * 10**6 + "\n", "1000008 bytes, more than the 262144 accepted"),
-    (
-        "model 5000 long",
-        "model: " + "a" * 5000 + "\n",
-        "model: a string of 5000 characters, longer than 4096",
-    ),
-    (
-        "30000 list items",
-        "model: zoo:tiny-digits\nstages: [" + "1, " * 30000 + "]\n",
-        "more than 20000 lines",
-    ),
-    ("model component 300", f"model: {'d' * 300}/m.onnx\n", "component of 300 bytes, longer than 255"),
-    ("os:system", "model: os:system\ntask: tiny-digits\n", "the factory needs arguments (command)"),
-    ("os:getpid", "model: os:getpid\ntask: tiny-digits\n", "the factory returned int, not a torch"),
-    ("not a factory", "model: os:nothing_here\ntask: tiny-digits\n", "has no attribute"),
-    ("wrong task", "model: conftest:LeNet5\ntask: tiny-digits\n", "does not fit task 'tiny-digits'"),
-    ("unknown task", "model: zoo:tiny-digits\ntask: nope\n", "unknown zoo task 'nope'"),
-    ("empty onnx", "model: EMPTY_ONNX\ntask: tiny-digits\n", "the file is empty (0 bytes)"),
-    ("/dev/zero", "model: /dev/zero\n", "not zoo:NAME"),
-]
 
 
 def _cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
