@@ -68,6 +68,7 @@ HAND_WRITTEN: list[tuple[str, str | bytes, str]] = [
     ),
     ("model component 300", f"model: {'d' * 300}/m.onnx\n", "component of 300 bytes, longer than 255"),
     ("os:system", "model: os:system\ntask: tiny-digits\n", "the factory needs arguments (command)"),
+    ("task os:system", "model: zoo:tiny-digits\ntask: os:system\n", "task 'os:system': the factory needs"),
     ("os:getpid", "model: os:getpid\ntask: tiny-digits\n", "the factory returned int, not a torch"),
     ("not a factory", "model: os:nothing_here\ntask: tiny-digits\n", "has no attribute"),
     ("wrong task", "model: conftest:LeNet5\ntask: tiny-digits\n", "does not fit task 'tiny-digits'"),
