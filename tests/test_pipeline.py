@@ -53,7 +53,9 @@ def test_a_failing_stage_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(pipeline, "write_report", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ts.run_recipe(TINY, tmp_path / "run")
-    assert [p.name for p in tmp_path.iterdir()] == [".run.partial"]  # kept for --resume, hidden
+    names = sorted(p.name for p in tmp_path.iterdir())  # kept for --resume, hidden; the lock is gone
+    assert len(names) == 2 and names[0].startswith(".run.partial-") and names[1] == ".run.resume.json"
+    assert json.loads((tmp_path / names[1]).read_text()) == {"work": names[0]}
 
 
 def test_resume_reuses_finished_stages_and_matches_an_uninterrupted_run(

@@ -21,7 +21,7 @@ class RichReporter(Reporter):
     """Stage lines and progress bars on stderr (stdout stays clean for --json)."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+        self.enabled, self._started = enabled, False
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -33,15 +33,21 @@ class RichReporter(Reporter):
         )
 
     def __enter__(self) -> RichReporter:
-        self._progress.start()
-        return self
+        return self  # the display starts with the first stage: an error before it stays one line
 
     def __exit__(
         self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
     ) -> None:
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
+
+    def _start(self) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
 
     def stage(self, index: int, total: int, name: str) -> None:
+        self._start()
         if self.enabled:
             self._progress.console.print(f"[bold]stage {index}/{total}[/bold] {name}")
 
@@ -53,6 +59,7 @@ class RichReporter(Reporter):
             )
 
     def progress(self, description: str, total: int) -> Callable[[int], None]:
+        self._start()
         task = self._progress.add_task(f"  {description}", total=total)
         return lambda n: self._progress.advance(task, n)
 

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim import atomic, interop, io, zoo
-from torchslim.atomic import replace_dir
+from torchslim import atomic, bounded, interop, io, runslot
 from torchslim.distill import distributed
 from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure, paired_latency
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
+from torchslim.resolve import check_fits, resolve_model, resolve_task
 from torchslim.tasks.protocol import Task
 from torchslim.trust import ALL
 
@@ -70,24 +70,6 @@ class Context:
         return self.reporter.progress(description, total)
 
 
-def resolve_model(spec: str, trust_code: io.Trust = False) -> nn.Module:
-    """`zoo:NAME`, a saved model directory, a model file of another framework, or `package.module:factory`
-    (which the user named, so it runs; a saved directory naming a factory needs `trust_code`)."""
-    if spec.startswith("zoo:"):
-        return zoo.get(spec[4:]).model()
-    path = Path(spec)
-    if path.suffix in interop.IMPORTERS:
-        return interop.import_model(path)
-    if path.is_dir():
-        return io.load(path, trust_code=trust_code)
-    if ":" in spec and "/" not in spec:
-        return io.SOURCES.get("factory")(target=spec)
-    raise UserError(
-        f"model {spec!r}: not zoo:NAME, a saved model directory, a model file "
-        f"({', '.join(interop.IMPORTERS.names())}), or package.module:factory"
-    )
-
-
 def _own_factories(model: nn.Module) -> list[str]:
     """The factory the run's model was built from (already trusted to get here): its stages reload it."""
     source = io.record_of(model).source or {}
@@ -101,13 +83,6 @@ def _trusted(trust_code: io.Trust) -> list[str]:
     return [trust_code] if isinstance(trust_code, str) else list(trust_code)
 
 
-def resolve_task(recipe_task: str | dict[str, Any] | None, model: nn.Module) -> Task:
-    """The recipe's task (see `torchslim.tasks.resolve`); the model's zoo task when None."""
-    from torchslim.tasks.resolve import resolve_task as resolve
-
-    return resolve(recipe_task, model)
-
-
 def run_recipe(
     recipe: str | os.PathLike[str] | dict[str, Any] | Recipe,
     out: str | os.PathLike[str] | None = None,
@@ -119,42 +94,44 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run every stage of `recipe` and write OUT/ (report.json, report.html, model/, stages/).
 
-    The run builds in `.OUT.partial/` beside OUT and renames it into place when complete. With
-    `resume`, an interrupted run continues there: finished stages are reloaded, and a training stage
-    restarts from its last epoch checkpoint. Under torchrun only rank 0 writes OUT.
-    `trust_code` is passed to `ts.load` for
-    a `model:` directory; the run reloads the stages it saves trusting the factory its model came from.
+    The run holds a lock beside OUT (a second run on the same OUT fails at once), builds in its
+    own `.OUT.partial-XXXXXXXX/` and renames it onto OUT when complete. With `resume`, the
+    interrupted run that `.OUT.resume.json` names continues: finished stages are reloaded, and a
+    training stage restarts from its last epoch checkpoint. Under torchrun only rank 0 writes OUT.
+    Everything that can be checked (recipe, paths, model, task, one forward) is checked before
+    anything is written.
+    `trust_code` is passed to `ts.load` for a `model:` directory; the run reloads the stages it
+    saves trusting the factory its model came from.
     """
     recipe = _coerce(recipe)
-    out = Path(out) if out is not None else Path("runs") / Path(recipe.source).stem
-    if out.exists() and not overwrite:
-        raise UserError(f"output directory {out} exists; choose another --out or pass --overwrite")
+    out = bounded.check_path(out if out is not None else Path("runs") / Path(recipe.source).stem, "--out")
+    _check_out(out, overwrite)
     distributed.init_from_env()
     rank = distributed.rank_and_size()[0]
-    work = out.with_name(f".{out.name}.partial" + (f"-rank{rank}" if rank else ""))
     model = resolve_model(recipe.model, trust_code)  # bad input fails here, before anything is written
     task = resolve_task(recipe.task, model)
-    _prepare(work, recipe, resume)
-    with io.trusting([*_own_factories(model), *_trusted(trust_code)]):
-        report = _run(recipe, model, task, work, reporter or Reporter())
-    distributed.barrier()
-    if rank == 0:
-        replace_dir(work, out)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    check_fits(model, task, recipe.model)
+    with runslot.claim(out, rank) as slot:
+        _check_out(out, overwrite)  # again under the lock: a run may have finished meanwhile
+        work = slot.work_dir(recipe.to_dict(), resume)
+        with io.trusting([*_own_factories(model), *_trusted(trust_code)]):
+            report = _run(recipe, model, task, work, reporter or Reporter())
+        distributed.barrier()
+        if rank == 0:
+            slot.publish(work)
+        else:
+            slot.forget()
+            shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _prepare(work: Path, recipe: Recipe, resume: bool) -> None:
-    """A fresh work directory, or the one of an interrupted run of the same recipe when resuming."""
-    saved = work / "recipe.json"
-    if resume and saved.is_file():
-        if json.loads(saved.read_text()) != recipe.to_dict():
-            raise UserError(f"cannot resume: {work} was made by a different recipe; run without --resume")
-        return
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    atomic.write_text(saved, json.dumps(recipe.to_dict()))
+def _check_out(out: Path, overwrite: bool) -> None:
+    if len(os.fsencode(out.name)) > bounded.MAX_NAME - 32:  # room for `.OUT.rankN.partial-XXXXXXXX`
+        raise UserError(f"--out {bounded.short(str(out))}: the directory name is too long")
+    if out.exists() and not overwrite:
+        raise UserError(f"output directory {out} exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a directory; choose another --out")
 
 
 def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Reporter) -> dict[str, Any]:
@@ -166,7 +143,7 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
         stage_dir = work / "stages" / f"{index:02d}-{name}"
         row_file = stage_dir.with_suffix(".json")
         if _reusable(row_file, work, index, steps):  # finished before an interruption
-            ctx.model, row = io.load(stage_dir), json.loads(row_file.read_text())
+            ctx.model, row = io.load(stage_dir), bounded.read_json(row_file, "stage record")
             ctx.runtime = row["runtime"]
         else:
             row = _run_stage(ctx, index, name, spec, stage_dir, work / "train" / stage_dir.name)
@@ -212,7 +189,7 @@ def _reusable(row_file: Path, work: Path, index: int, steps: list[tuple[str, Any
     deterministic) stage runs again to recreate them."""
     if not row_file.is_file():
         return False
-    if not json.loads(row_file.read_text()).get("registers_callbacks"):
+    if not bounded.read_json(row_file, "stage record").get("registers_callbacks"):
         return True
     if index + 1 >= len(steps):
         return True

@@ -10,19 +10,23 @@ import dataclasses
 import difflib
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from torchslim import bounded
 from torchslim.config import BaseConfig
 from torchslim.errors import UserError
 from torchslim.registry import Registry
 
 Loc = tuple[str | int, ...]
+MAX_SEED = 2**32 - 1
+MAX_TOKENS = 20_000
+_SYNTAX = re.compile(r"[\[\]{},:\n]")
 C = TypeVar("C", bound="BaseConfig")
 
 
@@ -80,13 +84,13 @@ class OutputSpec(BaseModel):
 
 class RecipeHead(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=bounded.MAX_STRING)
     """`zoo:NAME`, `package.module:factory`, a saved model directory, or a `.onnx` file."""
     task: str | dict[str, Any] | None = None
     """A registered task name, `package.module:factory` (returns a `ts.Task`), or a data mapping
     (`torchslim.tasks.spec.DataTaskSpec`); defaults to the model's own zoo task."""
-    seed: int = 0
-    """Seed for every stage's randomness."""
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    """Seed for every stage's randomness (0 to 2**32 - 1, the range NumPy accepts too)."""
     stages: list[Any] = Field(default_factory=list)
     output: OutputSpec = Field(default_factory=OutputSpec)
 
@@ -112,16 +116,47 @@ class Recipe:
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe {path}: no such file")
-    text = path.read_text()
+    text = bounded.read_text(path, "recipe")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        node, data = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"recipe {path}: {str(exc).split(';')[0]}") from None
     return parse_recipe(data, source=str(path), node=node)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit: composing nodes recurses once per level."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > bounded.MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise yaml.YAMLError(f"nested more than {bounded.MAX_DEPTH} levels deep (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of one YAML document, parsed once."""
+    # Pure-Python PyYAML takes about 0.1 ms a token, and the square of the open brackets on one
+    # line: both are counted first (in strings and comments too, so only far more than any recipe
+    # holds is refused here; the loader then applies the exact depth limit)
+    if bounded.bracket_depth(text) > 4 * bounded.MAX_DEPTH:
+        raise yaml.YAMLError(f"nested more than {bounded.MAX_DEPTH} levels deep")
+    if len(_SYNTAX.findall(text)) > MAX_TOKENS:
+        raise yaml.YAMLError(f"more than {MAX_TOKENS} lines, brackets, commas and colons; a recipe is small")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None = None) -> Recipe:
@@ -130,6 +165,10 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
         importlib.import_module(module)
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a mapping with keys model, stages, output")
+    try:
+        bounded.check_values(data)
+    except bounded.BoundsError as exc:
+        raise UserError(f"{source}{_line(node, exc.loc)}: {_dotted(exc.loc)}: {exc.message}") from None
     errors: list[tuple[Loc, str]] = []
     try:
         head = RecipeHead.model_validate(data)
@@ -139,6 +178,7 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
     if head is not None and isinstance(head.task, dict):
         head = head.model_copy(update={"task": _parse_task(head.task, errors)})
     stages = _parse_stages(data.get("stages") or [], errors)
+    errors.sort(key=lambda e: not e[1].startswith("unknown key"))  # a misspelt key explains a missing one
     if errors:
         loc, msg = errors[0]
         more = (
@@ -190,7 +230,7 @@ def _message(error: Any, schema: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return "required key is missing"
     value = error.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    shown = f" (got {bounded.short(value)})" if not isinstance(value, (dict, list)) else ""
     return f"{error['msg']}{shown}"
 
 

@@ -46,6 +46,8 @@ def import_model(path: str | Path) -> nn.Module:
         raise UserError(f"model {str(path)!r}: {IMPORTERS.unknown_message(path.suffix)}")
     if not path.is_file():
         raise UserError(f"model {str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"model {str(path)!r}: the file is empty (0 bytes)")
     return IMPORTERS.get(path.suffix)(path)
 
 

@@ -50,6 +50,8 @@ def import_onnx(path: str | Path) -> nn.Module:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, ValueError or OSError for broken files
         raise UserError(f"{path}: not a readable ONNX model ({exc})") from None
+    if not model.graph.output:
+        raise UserError(f"{path}: the ONNX graph has no outputs (an empty or truncated file?)")
     module = convert(model, source=str(path))
     structure = strip_weights(model).SerializeToString()
     return io.set_source(module, "onnx", files={STRUCTURE_FILE: structure}, file=STRUCTURE_FILE)

@@ -26,5 +26,7 @@ def resolve_task(spec: str | dict[str, Any] | None, model: nn.Module | None = No
 
         return build_task(parse_task_spec(spec))
     if ":" in spec:
-        return check_task(io.resolve_factory(spec)(), f"task factory {spec!r}")
+        from torchslim.resolve import call_without_arguments
+
+        return check_task(call_without_arguments(spec, "task"), f"task factory {spec!r}")
     return zoo.get(spec)
