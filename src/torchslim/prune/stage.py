@@ -35,7 +35,7 @@ from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_u
 from torchslim.prune.importance import IMPORTANCE
 from torchslim.prune.masks import harden
 from torchslim.prune.schedule import GradualPruner, iterative_targets
-from torchslim.prune.select import NORMALIZERS
+from torchslim.prune.select import AUTO, NORMALIZERS
 from torchslim.recipe import StageSpec, register_stage
 from torchslim.registry import Registry
 
@@ -125,13 +125,15 @@ class UnstructuredSpec(StageSpec):
     """Instead of sparsity: the fraction of selected weights kept."""
     importance: str = "magnitude"
     """Criterion: magnitude, magnitude_bn, taylor, entropy, random or a registered one."""
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global"] = "global"
+    """global (default): one ranking across layers; layer: every layer reaches the sparsity."""
     allocation: Literal["uniform", "auto"] = "uniform"
     """auto: per-layer sparsity from a sensitivity scan on calibration batches."""
-    normalize: str = "none"
-    """How a global ranking compares layers: none (raw scores), lamp or mean."""
-    rounds: int = Field(1, ge=1, le=100)
-    """Score-and-prune rounds without training between, re-scoring the remaining weights each round."""
+    normalize: str = "auto"
+    """How a global ranking compares layers: auto (lamp for scores >= 0), lamp, none (raw) or mean."""
+    rounds: int | None = Field(None, ge=1, le=100)
+    """Score-and-prune rounds without training between, re-scoring the remaining weights each round;
+    null: the criterion's default (10 for taylor, 1 for magnitude)."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     soft: bool = False
@@ -148,7 +150,7 @@ class UnstructuredSpec(StageSpec):
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
         registry = IMPORTANCE if info.field_name == "importance" else NORMALIZERS
-        if value not in registry:
+        if value not in registry and not (info.field_name == "normalize" and value == AUTO):
             raise ValueError(registry.unknown_message(value))
         return value
 
