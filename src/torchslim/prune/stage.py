@@ -29,7 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from torchslim.config import SparsityConfig
 from torchslim.data import call
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.errors import UserError
 from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_unstructured, target_sparsity
 from torchslim.prune.importance import IMPORTANCE
@@ -141,8 +141,8 @@ class UnstructuredSpec(StageSpec):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     finetune_epochs: int = Field(1, ge=0, le=1000)
     """Iterative schedule: training epochs after each round."""
-    lr: float = Field(1e-3, gt=0, le=10)
-    """Iterative schedule: learning rate of those fine-tunes."""
+    lr: float | None = Field(None, gt=0, le=10)
+    """Iterative schedule: learning rate of those fine-tunes; null: the finetune stage's default."""
     batches: int = Field(8, ge=1, le=1024)
     """Calibration batches for data-driven criteria and the sensitivity scan."""
 
@@ -203,7 +203,8 @@ def _iterative(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: A
     for k, s in enumerate(iterative_targets(final, spec.schedule.steps)):
         step = config.replace(sparsity=s, retain=None)
         rep = prune_unstructured(ctx.model, step, data=data, loss=ctx.task.loss, seed=ctx.seed + k)
-        history = _finetune(ctx, spec.finetune_epochs, spec.lr, seed=ctx.seed + 1000 * (k + 1))
+        lr = spec.lr or finetune_defaults(ctx.task)[1]
+        history = _finetune(ctx, spec.finetune_epochs, lr, seed=ctx.seed + 1000 * (k + 1))
         rounds.append({"sparsity": round(rep.sparsity, 6), "loss": history[-1]["loss"] if history else None})
     if config.soft:  # last recompute at the final sparsity, then the masks become hard
         rep = prune_unstructured(
