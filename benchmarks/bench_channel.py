@@ -1,4 +1,5 @@
-"""Channel pruning side by side with Torch-Pruning (imported lazily; `pip install --no-deps torch-pruning`).
+"""Channel pruning side by side with Torch-Pruning (imported lazily from `$TORCH_PRUNING_PATH`, default
+/work/peers/tp: `pip install --no-deps --target /work/peers/tp torch-pruning`).
 
 Rows: a ResNet-18-like net at ratio 0.5 (MACs, params, CPU latency at batch 32 on one thread);
 coverage models each tool prunes correctly; accuracy on mnist1d-cnn and lenet5-digits at 2x and 4x
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import torch.nn as nn
 import torchslim as ts
 from benchmarks.harness import Table, benchmark
 from torchslim.data import call
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics import count_macs, measure_latency
 from torchslim.prune.channel import dependency_graph, prune_channels_
 
@@ -42,7 +44,13 @@ def _output_layers(model: nn.Module, x: Any) -> list[nn.Module]:
     return last[-1:]
 
 
-def tp_prune(model: nn.Module, x: Any, ratio: float) -> nn.Module:
+PEER = os.environ.get("TORCH_PRUNING_PATH", "/work/peers/tp")
+"""Torch-Pruning lives in its own folder so that it never replaces torch."""
+
+
+def tp_prune(model: nn.Module, x: Any, ratio: float, ignored: list[nn.Module] | None = None) -> nn.Module:
+    if os.path.isdir(PEER) and PEER not in sys.path:
+        sys.path.append(PEER)
     import torch_pruning as tp
 
     inputs = x if not isinstance(x, dict) else dict(x)
@@ -51,7 +59,7 @@ def tp_prune(model: nn.Module, x: Any, ratio: float) -> nn.Module:
         inputs,
         importance=tp.importance.MagnitudeImportance(p=2),
         pruning_ratio=ratio,
-        ignored_layers=_output_layers(model, x),
+        ignored_layers=_output_layers(model, x) if ignored is None else ignored,
     )
     pruner.step()
     return model
@@ -221,3 +229,87 @@ def _graph_row(table: Table) -> None:
         ["graph build resnet50-sized", count_macs(big, x), sum(p.numel() for p in big.parameters()), "", note]
     )
     table.notes.append(f"graph build for a ResNet-50-sized net: {seconds:.2f} s (target < 5 s)")
+
+
+FIRST_NETS = {
+    "hf-resnet": "classifier.1",
+    "hf-convnext": "classifier",
+    "hf-mobilenetv2": "classifier",
+    "hf-vit": "classifier",
+}
+"""Coverage nets and their classifier, excluded as a user would."""
+
+
+def _ratio_row(name: str, dense: nn.Module, x: Any, classifier: str, table: Table) -> None:
+    macs = count_macs(dense, x)
+    cells = []
+    for mode in ("outputs", "coupled"):
+        ours = copy.deepcopy(dense)
+        config = ts.ChannelConfig(ratio=0.5, exclude=[classifier], exclude_mode=mode)
+        prune_channels_(ours, config, x)
+        cells.append(count_macs(ours, x) / macs)
+    theirs = copy.deepcopy(dense)
+    tp_prune(theirs, x, 0.5, ignored=[theirs.get_submodule(classifier)])
+    peer = count_macs(theirs, x) / macs
+    verdict = "met" if cells[0] <= peer + 1e-3 else "MISSED"
+    table.rows.append(
+        [
+            f"{name} ratio=0.5 exclude={classifier}",
+            f"{cells[0]:.3f}",
+            f"{cells[1]:.3f}",
+            f"{peer:.3f}",
+            verdict,
+        ]
+    )
+
+
+@benchmark("channel-first")
+def run_first(quick: bool) -> Table:
+    """Issue 13: `ChannelConfig(ratio=0.5, exclude=[classifier])` against Torch-Pruning's `ignored_layers`,
+    and the defaults-only recipe on lenet5-digits at 2x MACs beside the tuned one."""
+    columns = [
+        "setting",
+        "MACs / dense (exclude_mode=outputs, default)",
+        "coupled (old meaning)",
+        "torch-pruning",
+        "same or fewer MACs?",
+    ]
+    table = Table("Channel pruning, first recipe (defaults only)", columns)
+    torch.manual_seed(0)
+    resnet = ResNet((64, 128, 256, 512), bottleneck=False, blocks=2).eval()
+    _ratio_row("resnet18-like (CIFAR)", resnet, torch.randn(2, 3, 32, 32), "fc", table)
+    for name, classifier in FIRST_NETS.items():
+        model, x = build(name)
+        _ratio_row(name, model, x, classifier, table)
+    task = ts.zoo.get("lenet5-digits")
+    base, x = task.model().eval(), task.example_inputs
+    epochs, lr = finetune_defaults(task)
+    dense_acc = float(task.evaluate(base))
+    data = task.calibration_loader(batches=4)
+    table.rows.append(["lenet5-digits dense", "", "", "", f"acc {dense_acc:.4f}"])
+    recipes = {"first recipe: ChannelConfig(macs_target=0.5, exclude=['fc2'])": {}}
+    recipes.update({f"tuned: importance={c}": {"importance": c} for c in ("taylor", "bn_scale")})
+    for label, options in recipes.items():
+        model = copy.deepcopy(base)
+        prune_channels_(model, ts.ChannelConfig(macs_target=0.5, exclude=["fc2"], **options), x, data)
+        fit(
+            model,
+            lambda e: task.train_loader(seed=e),
+            lambda m, i, t: task.loss(call(m, i), t),
+            epochs=epochs,
+            lr=lr,
+        )
+        acc = float(task.evaluate(model))
+        ratio = count_macs(model, x) / count_macs(base, x)
+        below = f"acc {acc:.4f} ({(dense_acc - acc) * 100:.1f} pt below dense)"
+        table.rows.append([f"lenet5-digits {label}, default finetune", f"{ratio:.3f}", "", "", below])
+    table.notes.append(
+        f"first recipe fine-tune: the defaults ({epochs} epochs at lr {lr:g}); the tuned rows of the channel "
+        "table pick the best of l2, taylor and bn_scale after 3 epochs at lr 0.001"
+    )
+    table.notes.append(
+        "hf-vit: torch.fx cannot trace transformers' ViT model forward, so only the registered blocks "
+        "(heads, MLP width) are cut and the residual width stays: the MACs gap to Torch-Pruning there is "
+        "that, not exclude"
+    )
+    return table

@@ -21,7 +21,7 @@ import torchslim as ts
 from benchmarks.harness import Table, benchmark
 from torchslim import io
 from torchslim.data import call
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics.latency import threads
 from torchslim.prune import GradualPruner
 from torchslim.zoo.base import Task
@@ -73,7 +73,13 @@ def _peer(model: nn.Module, task: Task, sparsity: float, data: list[Any]) -> lis
     return []
 
 
+FIRST = {c: f"first recipe: importance={c}, all else default" for c in ("magnitude", "taylor", "entropy")}
+"""Defaults only, the fine-tune included (`finetune_defaults`): what a user's first recipe gets."""
+OLD_DEFAULTS = {c: f"before: importance={c}, layer scope, 1 round" for c in FIRST}
+"""The defaults before LAMP, global scope and rounds became them, with the same default fine-tune."""
+
 METHODS: dict[str, Method] = {
+    **{FIRST[c]: _ours(importance=c) for c in FIRST},
     **{f"{c} (global)": _ours(importance=c, scope="global") for c in CRITERIA},
     **{_lamp_label(c): _ours(importance=c, scope="global", **LAMP[c]) for c in CRITERIA},
     "random (global)": _ours(importance="random", scope="global"),
@@ -84,8 +90,8 @@ METHODS: dict[str, Method] = {
 }
 
 
-def _finetune(model: nn.Module, task: Task, callbacks: list[Any]) -> None:
-    ft = FINETUNE[task.name]
+def _finetune(model: nn.Module, task: Task, callbacks: list[Any], ft: Finetune | None = None) -> None:
+    ft = ft or FINETUNE[task.name]
     fit(
         model,
         lambda epoch: task.train_loader(seed=100 + epoch),
@@ -98,14 +104,20 @@ def _finetune(model: nn.Module, task: Task, callbacks: list[Any]) -> None:
 
 
 def _run(
-    method: Method, base: nn.Module, task: Task, sparsity: float, data: list[Any]
+    method: Method, base: nn.Module, task: Task, sparsity: float, data: list[Any], ft: Finetune | None = None
 ) -> tuple[float, float]:
     """(accuracy after pruning, accuracy after the fine-tune)."""
     model = copy.deepcopy(base)
     callbacks = method(model, task, sparsity, data)
     oneshot = task.evaluate(model)
-    _finetune(model, task, callbacks)
+    _finetune(model, task, callbacks, ft)
     return oneshot, task.evaluate(model)
+
+
+def _default_finetune(label: str, task: Task) -> Finetune | None:
+    """The default fine-tune for the rows that show what defaults give; the benchmark's own otherwise."""
+    shows_defaults = label in FIRST.values() or label in OLD_DEFAULTS.values()
+    return Finetune(*finetune_defaults(task)) if shows_defaults else None
 
 
 LIMITS = {
@@ -127,7 +139,7 @@ def _task_rows(
     results: dict[str, dict[float, float]] = {"dense": dict.fromkeys(sparsities, dense)}
     for label, method in METHODS.items():
         torch.manual_seed(0)
-        cells = {s: _run(method, base, task, s, data) for s in sparsities}
+        cells = {s: _run(method, base, task, s, data, _default_finetune(label, task)) for s in sparsities}
         results[label] = {s: after for s, (_, after) in cells.items()}
         rows.append([name, label, *[f"{after:.4f} ({oneshot:.3f})" for oneshot, after in cells.values()]])
     return rows, results
@@ -209,6 +221,65 @@ def _table(quick: bool) -> Table:
     table.notes += [
         f"same fine-tune after every method ({fts}); calibration: 8 training batches; cells: accuracy "
         "after the fine-tune (after pruning alone; a gradual schedule prunes during the fine-tune)",
+        f"'first recipe' rows: SparsityConfig(sparsity=s, importance=X) and the default fine-tune "
+        f"({_defaults_text(tasks)})",
         *_notes(results, sizes),
     ]
     return table
+
+
+def _defaults_text(tasks: tuple[str, ...]) -> str:
+    parts = []
+    for name in tasks:
+        epochs, lr = finetune_defaults(ts.zoo.get(name))
+        parts.append(f"{name}: {epochs} epochs at lr {lr:g}")
+    return "; ".join(parts)
+
+
+FIRST_TASKS = ("lenet5-digits", "mnist1d-cnn")
+
+
+@benchmark("unstructured-first")
+def run_first(quick: bool) -> Table:
+    """The issue-13 rows at 90%: each criterion with defaults only, the old defaults, the best tuned rows.
+
+    A tuned row whose settings equal a first-recipe row (lenet5-digits: the benchmark's fine-tune is the
+    default one) is not run twice. `--quick`: lenet5-digits only."""
+    with threads(1):
+        tasks = FIRST_TASKS[:1] if quick else FIRST_TASKS
+        columns = ["task", "recipe", "90% after fine-tune (after pruning alone)", "points below dense"]
+        table = Table("Unstructured pruning, first recipe (defaults only) at 90%", columns)
+        for name in tasks:
+            table.rows += _first_rows(ts.zoo.get(name))
+        table.notes.append(
+            f"first-recipe and 'before' rows use the default fine-tune ({_defaults_text(tasks)}); tuned rows "
+            "the benchmark's own ("
+            + "; ".join(f"{t}: {FINETUNE[t].epochs} epochs at lr {FINETUNE[t].lr:g}" for t in tasks)
+            + "); calibration: 8 training batches"
+        )
+        return table
+
+
+def _first_rows(task: Task) -> list[list[Any]]:
+    default_ft = Finetune(*finetune_defaults(task))
+    same = FINETUNE[task.name] == default_ft
+    methods: dict[str, tuple[Method, Finetune | None]] = {
+        **{FIRST[c]: (_ours(importance=c), default_ft) for c in FIRST},
+        **{
+            OLD_DEFAULTS[c]: (_ours(importance=c, scope="layer", normalize="none", rounds=1), default_ft)
+            for c in ("magnitude", "taylor")
+        },
+        **{
+            f"tuned: {_lamp_label(c)}": (_ours(importance=c, scope="global", **LAMP[c]), None)
+            for c in CRITERIA
+            if not (same and c in FIRST)
+        },
+    }
+    base, data = task.model(), task.calibration_loader()
+    dense = task.evaluate(base)
+    rows: list[list[Any]] = [[task.name, "dense (no pruning)", f"{dense:.4f}", ""]]
+    for label, (method, ft) in methods.items():
+        torch.manual_seed(0)
+        oneshot, after = _run(method, base, task, 0.9, data, ft)
+        rows.append([task.name, label, f"{after:.4f} ({oneshot:.3f})", f"{(dense - after) * 100:.1f}"])
+    return rows

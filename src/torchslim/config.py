@@ -85,8 +85,10 @@ class SparsityConfig(BaseConfig):
     importance: str = "magnitude"
     """Criterion by registered name: magnitude, magnitude_bn (BatchNorm folded in), taylor, entropy,
     random, or a user's own."""
-    scope: Literal["layer", "global"] = "layer"
-    """`layer`: each layer reaches the sparsity; `global`: one ranking across all selected layers."""
+    scope: Literal["layer", "global"] = "global"
+    """`global` (default): one ranking across all selected layers, so thin layers keep more of their
+    weights (after fine-tuning it beats `layer` at every sparsity in the benchmark); `layer`: each layer
+    reaches the sparsity."""
     allocation: Literal["uniform", "auto"] = "uniform"
     """`auto`: per-layer sparsity from measured sensitivity to meet the global target."""
     include: tuple[str, ...] = ()
@@ -95,18 +97,20 @@ class SparsityConfig(BaseConfig):
     """Globs of module names to leave dense; checked before `include`."""
     soft: bool = False
     """Soft masks: pruned weights may regrow during training; masks are fixed at the end."""
-    normalize: str = "none"
-    """How a global ranking compares layers: `none` (raw scores, as
-    `torch.nn.utils.prune.global_unstructured`), `lamp` (each score over the sum of the layer's scores
-    at or above it, Lee et al. 2021; best after fine-tuning in the benchmark), `mean` (over the layer's
-    mean score). Used by `scope="global"` and by the global candidate of `allocation="auto"`."""
-    rounds: int = 1
+    normalize: str = "auto"
+    """How a global ranking compares layers: `auto` (default: `lamp` when every score is >= 0, as for
+    every built-in criterion, else `none`), `lamp` (each score over the sum of the layer's scores at or
+    above it, Lee et al. 2021; the best global setting after fine-tuning for every criterion in the
+    benchmark), `none` (raw scores, as `torch.nn.utils.prune.global_unstructured`), `mean` (over the
+    layer's mean score). Used by `scope="global"` and by the global candidate of `allocation="auto"`."""
+    rounds: int | None = None
     """Score-and-prune rounds on the way to the target, no training between: sparsity rises along the
-    cubic schedule and the weights still alive are re-scored each round. Helps criteria whose scores
-    change as other weights go (taylor's gradients); magnitude scores do not change."""
+    cubic schedule and the weights still alive are re-scored each round. None (default): the
+    criterion's own choice (10 for taylor, whose gradients change as other weights go; 1 for criteria
+    whose scores do not change, such as magnitude)."""
 
     def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "SparsityConfig", "rounds", "must be >= 1")
+        _check(self.rounds is None or self.rounds >= 1, "SparsityConfig", "rounds", "must be >= 1")
         _one_of(
             "SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain}
         )
@@ -137,7 +141,13 @@ class ChannelConfig(BaseConfig):
     include: tuple[str, ...] = ()
     """Globs of module names whose channels may be pruned (empty: all)."""
     exclude: tuple[str, ...] = ()
-    """Globs of module names left untouched."""
+    """Globs of module names whose outputs keep every channel (as Torch-Pruning's `ignored_layers`):
+    excluding the classifier keeps the class count while the channels feeding it may go (its input
+    columns are cut). A matched module without a layer rule (a container) is left whole."""
+    exclude_mode: Literal["outputs", "coupled"] = "outputs"
+    """What `exclude` (and a layer `include` leaves out) protects: `outputs` (default), the layer's
+    output channels only; `coupled`, also every channel coupled to its inputs (the layer is left
+    whole, so e.g. the last stage feeding an excluded classifier keeps all its channels)."""
     soft: bool = False
     """Soft filter pruning: zero channels, let them regrow in training, remove them at the end."""
 
@@ -149,6 +159,13 @@ class ChannelConfig(BaseConfig):
             value = values[name]
             _check(value is None or 0 < value <= 1, "ChannelConfig", name, f"must be in (0, 1], got {value}")
         _check(self.round_to >= 1, "ChannelConfig", "round_to", "must be >= 1")
+        mode = self.exclude_mode
+        _check(
+            mode in ("outputs", "coupled"),
+            "ChannelConfig",
+            "exclude_mode",
+            f"must be outputs|coupled, got {mode!r}",
+        )
 
 
 @register_config

@@ -110,3 +110,20 @@ def test_fit_warms_the_lr_up(tiny_task, monkeypatch) -> None:
     ramp = len(seen) // 4
     assert seen[: ramp - 1] == sorted(seen[: ramp - 1]) and seen[0] == pytest.approx(2e-2 / ramp)
     assert max(seen) == pytest.approx(1e-2) and seen[-1] < 1e-4  # peak after the ramp, then decay to ~0
+
+
+def test_finetune_defaults_follow_the_tasks_own_baseline_training() -> None:
+    from torchslim import zoo
+    from torchslim.distill.trainer import finetune_defaults
+
+    assert finetune_defaults(zoo.get("lenet5-digits")) == (3, 1e-3)  # baseline: 12 epochs at 2e-3
+    assert finetune_defaults(zoo.get("mnist1d-cnn")) == (5, 5e-3)  # baseline: 20 epochs at 1e-2
+    assert finetune_defaults(object()) == (1, 1e-3)  # a task that does not say
+
+
+def test_finetune_stage_leaves_epochs_and_lr_to_the_defaults() -> None:
+    from torchslim.distill.stages import FinetuneSpec
+
+    spec = FinetuneSpec.model_validate({})
+    assert spec.epochs is None and spec.lr is None
+    assert FinetuneSpec.model_validate({"epochs": 2, "lr": 0.01}).lr == 0.01

@@ -302,7 +302,7 @@ def test_channel_pruned_model_writes_narrower_keras(digits: KerasNet, reference:
 def test_unstructured_pruned_model_writes_masked_weights(
     digits: KerasNet, reference: Any, tmp_path: Path
 ) -> None:
-    ts.prune_(digits, ts.SparsityConfig(sparsity=0.8))
+    ts.prune_(digits, ts.SparsityConfig(sparsity=0.8, scope="layer"))
     written = keras.saving.load_model(write_keras(digits, None, tmp_path), compile=False)
     kernel = written.get_layer("dense").get_weights()[0]
     assert 0.75 < float((kernel == 0).mean()) < 0.85

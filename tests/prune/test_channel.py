@@ -218,3 +218,46 @@ def test_soft_filter_pruning_trains_then_cuts() -> None:
     )
     report.soft.finalize(model)
     assert model.conv1.out_channels == 10 and model(x).shape == (2, 10)
+
+
+def _small_resnet() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return ResNet((8, 16), bottleneck=False, blocks=1).eval(), torch.randn(2, 3, 16, 16)
+
+
+def test_exclude_keeps_a_layers_outputs_while_its_inputs_shrink() -> None:
+    model, x = _small_resnet()
+    classes, features = model.fc.out_features, model.fc.in_features
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=["fc"]), example_inputs=x)
+    assert model.fc.out_features == classes and model.fc.in_features == features // 2
+    assert call(model, x).shape == (2, classes)
+
+
+def test_exclude_mode_coupled_also_keeps_the_channels_feeding_it() -> None:
+    model, x = _small_resnet()
+    features = model.fc.in_features
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=["fc"], exclude_mode="coupled"), example_inputs=x)
+    assert model.fc.in_features == features
+    assert count_macs(model, x) > count_macs(_pruned_plain(), x)
+
+
+def _pruned_plain() -> nn.Module:
+    model, x = _small_resnet()
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=["fc"]), example_inputs=x)
+    return model
+
+
+def test_an_excluded_hidden_layer_keeps_its_outputs_only() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=["2"]), example_inputs=torch.randn(2, 8))
+    assert (model[0].out_features, model[2].in_features, model[2].out_features) == (8, 8, 16)
+
+
+def test_convnext_channels_first_layernorm_lets_the_first_stage_stream_shrink() -> None:
+    pytest.importorskip("transformers")
+    model, x = build("hf-convnext")
+    stem = model.convnext.embeddings.patch_embeddings.out_channels
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=["classifier"]), example_inputs=x)
+    assert model.convnext.embeddings.patch_embeddings.out_channels == stem // 2
+    assert output(call(model, x)).shape[-1] == model.classifier.out_features == 10

@@ -117,6 +117,8 @@ def test_unknown_op_names_op_and_module_and_exclude_fixes_it(model: type[nn.Modu
 
 def test_exclude_and_include_globs() -> None:
     graph = _graph("lenet5", exclude=("conv2",))
+    assert [g.name for g in graph.groups] == ["conv1", "fc1"]  # conv2 keeps its outputs, its inputs may go
+    graph = _graph("lenet5", exclude=("conv2",), exclude_mode="coupled")
     assert [g.name for g in graph.groups] == ["fc1"]  # conv1 feeds conv2's input, conv2 is whole
     graph = _graph("lenet5", include=("fc*",))
     assert [g.name for g in graph.groups] == ["fc1"]

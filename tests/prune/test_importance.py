@@ -79,7 +79,7 @@ def test_magnitude_l1_l2_rank_alike_and_random_is_seeded(lenet) -> None:
 
 def test_users_register_their_own_criterion(lenet) -> None:
     ts.register_importance("test_cubed", elementwise(lambda w: w.abs() ** 3), replace=True)
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, importance="test_cubed"))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, importance="test_cubed", scope="layer"))
     assert int((lenet.fc2.weight == 0).sum()) == 2500
     with pytest.raises(ValueError, match="already registered"):
         ts.register_importance("magnitude", elementwise(torch.abs))
@@ -99,7 +99,8 @@ def test_every_criterion_beats_random_at_high_sparsity(tiny_task, criterion) -> 
         model = tiny_task.model()
         ts.prune_(
             model,
-            ts.SparsityConfig(sparsity=0.9, importance=name, scope="global"),
+            # the raw one-shot ranking: on this tiny MLP without fine-tuning LAMP and rounds score lower
+            ts.SparsityConfig(sparsity=0.9, importance=name, scope="global", normalize="none", rounds=1),
             data=data,
             loss=tiny_task.loss,
         )

@@ -113,7 +113,7 @@ def test_harden_then_make_permanent_folds_masks_into_plain_weights() -> None:
 
 
 def test_effective_weights_param_counts_and_layer_table_see_masked_weights(lenet) -> None:
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, scope="layer"))
     assert param_count(lenet) == 431_080
     weights = {n for n, _ in effective_weights(lenet)}
     assert "fc1.weight" in weights and not any("original" in n or "mask" in n for n in weights)
@@ -126,7 +126,7 @@ def test_effective_weights_param_counts_and_layer_table_see_masked_weights(lenet
 
 
 def test_deepcopy_keeps_masks_and_outputs(lenet) -> None:
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.8))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.8, scope="layer"))
     clone = copy.deepcopy(lenet)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(clone(x), lenet(x))
@@ -135,7 +135,7 @@ def test_deepcopy_keeps_masks_and_outputs(lenet) -> None:
 
 
 def test_changing_masks_on_a_deepcopy_leaves_the_original_working(lenet) -> None:
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=("fc1",)))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=("fc1",), scope="layer"))
     x = torch.randn(2, 1, 28, 28)
     expected = lenet(x)
     folded, extended = copy.deepcopy(lenet), copy.deepcopy(lenet)
@@ -151,7 +151,7 @@ def test_recurrent_attention_and_embedding_masks_change_outputs_as_masked_weight
     lstm, attn, emb = nn.LSTM(4, 6), nn.MultiheadAttention(8, 2), nn.Embedding(10, 4)
     ref = [copy.deepcopy(m) for m in (lstm, attn, emb)]
     for module, reference in zip((lstm, attn, emb), ref, strict=True):
-        ts.prune_(module, ts.SparsityConfig(sparsity=0.5))
+        ts.prune_(module, ts.SparsityConfig(sparsity=0.5, scope="layer"))
         with torch.no_grad():
             for name, p in reference.named_parameters():
                 if name.startswith("weight") or name.endswith("weight"):
@@ -172,7 +172,7 @@ def _effective(module: nn.Module, name: str) -> torch.Tensor:
 def test_pruned_model_exports_to_onnx(tmp_path: Path, lenet) -> None:
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9, scope="layer"))
     lenet.eval()
     x = torch.randn(2, 1, 28, 28)
     path = ts.export_onnx(lenet, x, tmp_path / "m.onnx")

@@ -255,7 +255,7 @@ def test_unstructured_attention_kind_covers_the_replacement(tmp_path: Path) -> N
     ts.prune_(model, ts.ChannelConfig(ratio=0.5), example_inputs=X)
     names = {t.key for t in find_targets(model)}
     assert "attn.in_proj_weight" in names and "attn.out_proj.weight" in names
-    ts.prune_(model, ts.SparsityConfig(sparsity=0.5))
+    ts.prune_(model, ts.SparsityConfig(sparsity=0.5, scope="layer"))
     assert (model.attn.in_proj_weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
     ts.save(model, tmp_path / "m", factory="test_mha_heads:bare_net")
     assert torch.equal(ts.load(tmp_path / "m", trust_code=True)(X), model(X))

@@ -17,7 +17,7 @@ def _zeros(model: nn.Module, layer: str) -> int:
 
 
 def test_layer_scope_prunes_exactly_the_sparsity_in_every_layer(lenet) -> None:
-    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9))
+    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9, scope="layer"))
     for layer, n in LENET.items():
         assert _zeros(lenet, layer) == round(0.9 * n)
     assert report.layer_sparsity == {k: round(round(0.9 * n) / n, 6) for k, n in LENET.items()}
@@ -37,7 +37,7 @@ def test_global_scope_never_empties_a_layer() -> None:
     model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
     with torch.no_grad():
         model[1].weight.mul_(1e-4)  # globally the least important: a plain ranking would remove it all
-    report = ts.prune_(model, ts.SparsityConfig(sparsity=0.9, scope="global"))
+    report = ts.prune_(model, ts.SparsityConfig(sparsity=0.9, scope="global", normalize="none"))
     assert report.layer_sparsity["1"] == pytest.approx(0.98, abs=1e-3)  # capped at 1 - (1 - 0.9) / 5
     assert sum(_zeros(model, k) for k in ("0", "1")) == round(0.9 * 11_000)
 
@@ -60,6 +60,43 @@ def test_lamp_is_blind_to_a_layer_scale_that_a_raw_ranking_follows() -> None:
     assert layer1(1e-3, "mean") == layer1(1e3, "mean")
 
 
+def test_the_default_is_one_global_ranking_normalised_by_lamp() -> None:
+    config = ts.SparsityConfig(sparsity=0.5)
+    assert (config.scope, config.normalize) == ("global", "auto")
+    lamp = ts.SparsityConfig(sparsity=0.5, scope="global", normalize="lamp")
+    for scale in (1e-3, 1e3):
+        default = ts.prune_(_two_layers(scale), config).layer_sparsity
+        assert default == ts.prune_(_two_layers(scale), lamp).layer_sparsity
+    # blind to the layer's scale, where the raw ranking strips the small layer to its cap
+    assert default["1"] == ts.prune_(_two_layers(1.0), lamp).layer_sparsity["1"] < 0.8
+
+
+def test_auto_normalisation_falls_back_to_the_raw_ranking_for_negative_scores() -> None:
+    ts.register_importance(
+        "test_signed", lambda inp: {t.name: inp.weight(t) for t in inp.targets}, replace=True
+    )
+    config = ts.SparsityConfig(sparsity=0.5, importance="test_signed")
+    default = ts.prune_(_two_layers(1.0), config).layer_sparsity
+    assert default == ts.prune_(_two_layers(1.0), config.replace(normalize="none")).layer_sparsity
+
+
+def test_gradient_criteria_are_rescored_in_rounds_by_default(lenet) -> None:
+    from torchslim.prune.api import resolved_rounds
+
+    assert resolved_rounds(ts.SparsityConfig(sparsity=0.9, importance="taylor")) == 10
+    assert resolved_rounds(ts.SparsityConfig(sparsity=0.9, importance="magnitude")) == 1
+    assert resolved_rounds(ts.SparsityConfig(sparsity=0.9, importance="taylor", rounds=2)) == 2
+    calls = []
+
+    def counting(inp):
+        calls.append(1)
+        return {t.name: inp.weight(t).abs() for t in inp.targets}
+
+    ts.register_importance("test_rounds3", counting, rounds=3, replace=True)
+    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9, importance="test_rounds3"))
+    assert len(calls) == 3 and report.sparsity == pytest.approx(0.9, abs=1e-6)
+
+
 def test_lamp_scores_are_one_at_the_top_and_rise_along_the_sorted_tail() -> None:
     from torchslim.prune.select import lamp
 
@@ -79,10 +116,12 @@ def test_rounds_reach_the_exact_target_and_rescore_between_rounds(lenet) -> None
         return {t.name: inp.weight(t).abs() for t in inp.targets}
 
     ts.register_importance("test_counting", counting, replace=True)
-    report = ts.prune_(lenet, ts.SparsityConfig(sparsity=0.9, importance="test_counting", rounds=4))
+    report = ts.prune_(
+        lenet, ts.SparsityConfig(sparsity=0.9, importance="test_counting", rounds=4, scope="layer")
+    )
     assert report.layer_sparsity["fc1"] == pytest.approx(0.9, abs=1e-6)
     assert len(calls) == 4 and calls[0] == 0 < calls[1] < calls[2] < calls[3]  # re-scored as weights go
-    one = ts.prune_(type(lenet)(), ts.SparsityConfig(sparsity=0.9, importance="magnitude"))
+    one = ts.prune_(type(lenet)(), ts.SparsityConfig(sparsity=0.9, importance="magnitude", scope="layer"))
     assert one.layer_sparsity == report.layer_sparsity  # magnitude: rounds do not change the counts
 
 
@@ -99,17 +138,17 @@ def test_retain_keeps_that_fraction(lenet) -> None:
 
 
 def test_include_and_exclude_leave_other_layers_dense(lenet) -> None:
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=["conv*"]))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, include=["conv*"], scope="layer"))
     assert [_zeros(lenet, k) for k in LENET] == [250, 12_500, 0, 0]
     assert get_mask(lenet.fc1, "weight") is None
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, exclude=["fc2"]))
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, exclude=["fc2"], scope="layer"))
     assert [_zeros(lenet, k) for k in LENET] == [350, 17_500, 280_000, 0]
 
 
 def test_re_pruning_never_revives_hard_pruned_weights(lenet) -> None:
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, importance="random"), seed=1)
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.5, importance="random", scope="layer"), seed=1)
     first = lenet.fc1.weight == 0
-    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, importance="random"), seed=2)
+    ts.prune_(lenet, ts.SparsityConfig(sparsity=0.7, importance="random", scope="layer"), seed=2)
     second = lenet.fc1.weight == 0
     assert bool((first & ~second).sum() == 0) and int(second.sum()) == 280_000
     assert len(list(iter_masks(lenet))) == 4

@@ -95,7 +95,7 @@ def test_oneshot_prune_then_finetune_keeps_the_masks(tmp_path: Path) -> None:
 
 
 def test_iterative_schedule_rises_over_rounds(tmp_path: Path) -> None:
-    block = {"sparsity": 0.9, "schedule": {"steps": 3}, "finetune_epochs": 1, "lr": 0.001}
+    block = {"sparsity": 0.9, "scope": "layer", "schedule": {"steps": 3}, "finetune_epochs": 1, "lr": 0.001}
     report = ts.run_recipe(_recipe({"prune": block}), tmp_path / "run")
     stage = report["stages"][1]
     rounds = [r["sparsity"] for r in stage["rounds"]]
@@ -106,7 +106,7 @@ def test_iterative_schedule_rises_over_rounds(tmp_path: Path) -> None:
 
 def test_gradual_schedule_is_driven_by_the_next_finetune(tmp_path: Path) -> None:
     stages = (
-        {"prune": {"sparsity": 0.9, "schedule": {"kind": "gradual", "end": 0.5}}},
+        {"prune": {"sparsity": 0.9, "scope": "layer", "schedule": {"kind": "gradual", "end": 0.5}}},
         {"finetune": {"epochs": 2}},
     )
     report = ts.run_recipe(_recipe(*stages), tmp_path / "run")
@@ -129,7 +129,7 @@ def test_auto_allocation_notes_sensitivity_curves(tmp_path: Path) -> None:
 
 
 def test_soft_oneshot_regrows_during_the_next_stage_then_hardens(tmp_path: Path) -> None:
-    stages = ({"prune": {"sparsity": 0.7, "soft": True}}, {"finetune": {"epochs": 1}})
+    stages = ({"prune": {"sparsity": 0.7, "soft": True, "scope": "layer"}}, {"finetune": {"epochs": 1}})
     report = ts.run_recipe(_recipe(*stages), tmp_path / "run")
     model = ts.load(tmp_path / "run" / "model")
     assert not get_mask(model.fc1, "weight").soft

@@ -37,7 +37,7 @@ def _fit(task, model, epochs: int, callbacks) -> None:
 
 def test_gradual_pruner_follows_the_cubic_curve_during_training(tiny_task) -> None:
     model = tiny_task.model()
-    config = ts.SparsityConfig(sparsity=0.9)
+    config = ts.SparsityConfig(sparsity=0.9, scope="layer")
     ts.prune_(model, config.replace(sparsity=0.0))  # empty masks, as the recipe stage attaches them
     pruner = GradualPruner(config, begin=0.0, end=0.5, every=2)
     _fit(tiny_task, model, 3, [pruner])  # 11 batches per epoch: 33 steps, pruning ends at step 16.5
@@ -58,7 +58,7 @@ def test_gradual_pruner_follows_the_cubic_curve_during_training(tiny_task) -> No
 
 def test_soft_gradual_pruning_hardens_at_the_end(tiny_task) -> None:
     model = tiny_task.model()
-    config = ts.SparsityConfig(sparsity=0.8, soft=True)
+    config = ts.SparsityConfig(sparsity=0.8, soft=True, scope="layer")
     ts.prune_(model, config.replace(sparsity=0.0))
     assert get_mask(model.fc1, "weight").soft
     pruner = GradualPruner(config, every=3)

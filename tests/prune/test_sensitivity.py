@@ -42,7 +42,7 @@ def test_grid_and_cap() -> None:
 def test_auto_beats_uniform_on_the_tiny_task(tiny_task) -> None:
     data = tiny_task.calibration_loader()
     uniform, auto = tiny_task.model(), tiny_task.model()
-    ts.prune_(uniform, ts.SparsityConfig(sparsity=0.9))
+    ts.prune_(uniform, ts.SparsityConfig(sparsity=0.9, scope="layer"))
     report = ts.prune_(
         auto, ts.SparsityConfig(sparsity=0.9, allocation="auto"), data=data, loss=tiny_task.loss
     )

@@ -91,7 +91,7 @@ def test_static_activations_and_save_load_both_forms(tiny_task: Task, tmp_path) 
 
 def test_qat_keeps_pruned_weights_zero(tiny_task: Task, tmp_path) -> None:
     model = tiny_task.model()
-    ts.prune_(model, ts.SparsityConfig(sparsity=0.8))
+    ts.prune_(model, ts.SparsityConfig(sparsity=0.8, scope="layer"))
     ts.quantize_(model, ts.QuantConfig(bits=4), qat=True)
     _train(model, tiny_task, epochs=1)
     ts.save(model, tmp_path / "m")

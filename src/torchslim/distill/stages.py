@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchslim.config import DistillConfig
 from torchslim.data import call
 from torchslim.distill.api import distill
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
 from torchslim.tasks.protocol import Task
@@ -51,10 +51,11 @@ def _training(ctx: Any, spec: Any) -> dict[str, Any]:
 
 
 class FinetuneSpec(StageSpec):
-    epochs: int = Field(1, ge=0, le=10_000)
-    """Passes over the task's training data."""
+    epochs: int | None = Field(None, ge=0, le=10_000)
+    """Passes over the task's training data; null: a quarter of the baseline's epochs (1 if unknown)."""
     lr: float | None = Field(None, gt=0, le=10)
-    """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else 1e-3."""
+    """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else half the
+    baseline's peak lr, else 1e-3 (`torchslim.distill.trainer.finetune_defaults`)."""
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int | None = Field(None, ge=1)
     """Training batch size; the task's default when null."""
@@ -77,13 +78,14 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []),
     ]
     training = _training(ctx, spec)
+    epochs, lr = finetune_defaults(task)
     history = fit(
         ctx.model,
         training.pop("loader"),
         loss_fn,
         **training,
-        epochs=spec.epochs,
-        lr=_lr(ctx.task, spec.lr),
+        epochs=epochs if spec.epochs is None else spec.epochs,
+        lr=lr if spec.lr is None else spec.lr,
         weight_decay=spec.weight_decay,
         callbacks=callbacks,
         checkpoint=ctx.train_checkpoint,

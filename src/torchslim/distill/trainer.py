@@ -41,6 +41,27 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
     return lambda n: None
 
 
+FINETUNE_LR_FRACTION = 0.5
+"""Default fine-tune peak lr as a fraction of the baseline's own (measured: see BENCHMARKS.md)."""
+FINETUNE_EPOCHS_FRACTION = 0.25
+"""Default fine-tune epochs as a fraction of the baseline's own."""
+FALLBACK_LR, FALLBACK_EPOCHS = 1e-3, 1
+"""For a task that does not say how its baseline was trained."""
+
+
+def finetune_defaults(task: Any) -> tuple[int, float]:
+    """(epochs, peak lr) for recovering a compressed model of `task`: a quarter of the baseline's
+    epochs at half its peak lr, when the task says how it was trained (attributes `baseline_epochs`
+    and `baseline_lr`, which the built-in zoo tasks carry and a user's task may define); a task's
+    `lr` overrides the lr."""
+    lr, epochs = getattr(task, "baseline_lr", None), getattr(task, "baseline_epochs", None)
+    given = getattr(task, "lr", None)  # a task's own fine-tuning lr (`Task.lr`) comes first
+    return (
+        max(1, round(FINETUNE_EPOCHS_FRACTION * epochs)) if epochs else FALLBACK_EPOCHS,
+        given or (FINETUNE_LR_FRACTION * lr if lr else FALLBACK_LR),
+    )
+
+
 def fit(
     model: nn.Module,
     loader: Callable[[int], Iterable[Any]],

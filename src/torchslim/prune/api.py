@@ -73,7 +73,7 @@ def plan(
     seed: int = 0,
 ) -> Plan:
     criterion = IMPORTANCE.get(config.importance)
-    select.NORMALIZERS.get(config.normalize)
+    select.check_normalizer(config.normalize)
     targets = find_targets(model, config.include, config.exclude)
     auto = config.allocation == "auto"
     if auto and config.threshold is not None:
@@ -117,7 +117,7 @@ def prune_unstructured(
         assert sparsity is not None and p.inputs.data is not None
         counts, curves = auto_counts(model, p, scores, sparsity)
         layer_sparsity = {t.name: counts[t.name] / t.numel() for t in p.targets}
-    rounds = 1 if config.threshold is not None else config.rounds
+    rounds = 1 if config.threshold is not None else resolved_rounds(config)
     start = _hard_sparsity(p.targets)
     for k in range(rounds):
         if k:
@@ -125,6 +125,11 @@ def prune_unstructured(
         keep = _choose(p, scores, (k + 1) / rounds, start, layer_sparsity)
         apply_masks(model, p.targets, select.keep_hard(p.targets, keep), config.soft)
     return report(p.targets, curves)
+
+
+def resolved_rounds(config: SparsityConfig) -> int:
+    """`config.rounds`, or the criterion's own default when it is None."""
+    return config.rounds if config.rounds is not None else IMPORTANCE.get(config.importance).rounds
 
 
 def _scores(p: Plan) -> dict[str, torch.Tensor]:

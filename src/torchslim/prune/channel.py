@@ -56,11 +56,41 @@ def opaque_modules(model: nn.Module, include: Sequence[str], exclude: Sequence[s
     return out
 
 
+def protected_modules(model: nn.Module, config: ChannelConfig) -> tuple[set[str], set[str]]:
+    """(opaque, protected): modules left whole, and layers that keep only their output channels.
+
+    With `exclude_mode="outputs"` a matched layer that has a rule (and is not inside a whole module)
+    is traced as usual but its outputs are frozen, so its inputs are cut with their producer, as
+    Torch-Pruning's `ignored_layers`; containers stay whole (that is also how untraceable code is
+    skipped)."""
+    opaque = opaque_modules(model, config.include, config.exclude)
+    if config.exclude_mode == "coupled":
+        return opaque, set()
+    modules = dict(model.named_modules())
+    protected = {n for n in opaque if _layer_rule(modules[n]) and not _inside(n, opaque)}
+    return opaque - protected, protected
+
+
+def _layer_rule(module: nn.Module) -> bool:
+    rule = rule_of(module)
+    return rule is not None and rule.kind(module) != "opaque"
+
+
+def _inside(name: str, paths: set[str]) -> bool:
+    return any(name.startswith(p + ".") for p in paths if p != name)
+
+
 def dependency_graph(model: nn.Module, example_inputs: Any, config: ChannelConfig) -> Graph:
     """Coupled channel groups of `model`: traced layers plus registered transformer blocks."""
-    opaque = opaque_modules(model, config.include, config.exclude)
-    blocks = block_paths(model, opaque)
-    graph = build_graph(model, example_inputs, opaque=opaque | set(blocks), allow_untraceable=bool(blocks))
+    opaque, protected = protected_modules(model, config)
+    blocks = block_paths(model, opaque | protected)
+    graph = build_graph(
+        model,
+        example_inputs,
+        opaque=opaque | set(blocks),
+        protected=protected,
+        allow_untraceable=bool(blocks),
+    )
     graph.groups += block_groups(model, blocks)
     for group in graph.groups:
         for key, pos in group.positions.items():

@@ -43,6 +43,9 @@ class ChannelSpec(StageSpec):
     """Remaining channel counts are multiples of this."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    """Modules whose output channels all stay; their inputs may still be cut (see exclude_mode)."""
+    exclude_mode: Literal["outputs", "coupled"] = "outputs"
+    """outputs: an excluded layer keeps its outputs only; coupled: also every channel of its inputs."""
     soft: bool = False
     """Soft filter pruning: zero, train `soft_epochs` with re-selection each epoch, then cut."""
     soft_epochs: int = Field(1, ge=0, le=1000)

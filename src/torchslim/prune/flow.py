@@ -36,9 +36,13 @@ def op_name(node: fx.Node, module: nn.Module | None) -> str:
 
 
 class Analyzer(fx.Interpreter):
-    def __init__(self, model: nn.Module, graph: fx.Graph, opaque: set[str]) -> None:
+    def __init__(
+        self, model: nn.Module, graph: fx.Graph, opaque: set[str], protected: set[str] | None = None
+    ) -> None:
         super().__init__(model, graph=graph)
         self.opaque = opaque
+        self.protected = protected or set()
+        """Layers whose output channels are frozen (excluded outputs); their inputs stay tracked."""
         self.uf = UnionFind()
         self.chan: dict[fx.Node, Out] = {}
         self.records: dict[Key, np.ndarray] = {}

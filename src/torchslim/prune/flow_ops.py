@@ -45,14 +45,19 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
     for a, c in an.tracked_args(n):
         if a is not x:
             an.freeze(c.ids)
-    dim_in, dim_out = rule.act_dim % an.value(x).ndim, rule.act_dim % out.ndim
+    act = rule.channel_dim(module)
+    dim_in, dim_out = act % an.value(x).ndim, act % out.ndim
     gi, go = rule.group_size(module)
     if kind == "passthrough":
         ids = an.record((path, "both"), an.ids_at(x, dim_in))
         for g in range(0, len(ids), gi or 1):
             an.uf.union_all(ids[g : g + gi]) if gi > 1 else None
+        if path in an.protected:  # its outputs are its inputs
+            an.freeze(ids)
         return Chan(ids, dim_out)
     out_ids = an.produce((path, "out"), int(out.shape[dim_out]))
+    if path in an.protected:
+        an.freeze(out_ids)
     if rule.in_dims(module) or gi:
         in_ids = an.record((path, "in"), an.ids_at(x, dim_in))
         for g in range(len(in_ids) // gi if gi else 0):

@@ -174,9 +174,15 @@ def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.G
 
 
 def build_graph(
-    model: nn.Module, example_inputs: Any, *, opaque: set[str] | None = None, allow_untraceable: bool = False
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    opaque: set[str] | None = None,
+    protected: set[str] | None = None,
+    allow_untraceable: bool = False,
 ) -> Graph:
-    """Trace `model` and group its coupled channels; modules in `opaque` (and below) are left alone.
+    """Trace `model` and group its coupled channels; modules in `opaque` (and below) are left alone,
+    layers in `protected` keep their output channels (their inputs may be cut).
 
     `allow_untraceable`: an untraceable model yields an empty graph instead of an error (used when
     registered transformer blocks supply the groups and the rest of the model is not pruned anyway).
@@ -186,7 +192,7 @@ def build_graph(
     opaque = opaque or set()
     try:
         traced, args = trace(model, example_inputs, opaque)
-        analyzer = Analyzer(model, traced, opaque)
+        analyzer = Analyzer(model, traced, opaque, protected or set())
         was_training = model.training
         model.eval()
         try:

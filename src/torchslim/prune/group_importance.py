@@ -151,7 +151,9 @@ def _prepare_entropy(ctx: Context) -> None:
             continue
         sums[path] = []
 
-        def hook(m: nn.Module, args: Any, out: Any, path: str = path, dim: int = rule.act_dim) -> None:
+        def hook(
+            m: nn.Module, args: Any, out: Any, path: str = path, dim: int = rule.channel_dim(module)
+        ) -> None:
             x = out.detach().float().movedim(dim, -1).reshape(-1, out.shape[dim])
             sums[path].append(torch.stack([x.sum(0), x.square().sum(0), torch.full_like(x[0], len(x))]))
 

@@ -54,18 +54,27 @@ CriterionFn = Callable[[ImportanceInput], Scores]
 class Criterion:
     fn: CriterionFn
     needs_data: bool = False
+    rounds: int = 1
+    """Score-and-prune rounds when `SparsityConfig.rounds` is None: more than 1 for criteria whose
+    scores change as other weights go (gradients), 1 where they do not (a weight's own magnitude)."""
 
 
 IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
 
 
 def register_importance(
-    name: str, fn: CriterionFn | None = None, *, needs_data: bool = False, replace: bool = False
+    name: str,
+    fn: CriterionFn | None = None,
+    *,
+    needs_data: bool = False,
+    rounds: int = 1,
+    replace: bool = False,
 ) -> Any:
-    """Register `fn(ImportanceInput) -> {target name: scores}` under `name` (usable as a decorator)."""
+    """Register `fn(ImportanceInput) -> {target name: scores}` under `name` (usable as a decorator);
+    `rounds` is its default number of score-and-prune rounds (see `Criterion.rounds`)."""
 
     def add(f: CriterionFn) -> CriterionFn:
-        IMPORTANCE.register(name, Criterion(f, needs_data), replace=replace)
+        IMPORTANCE.register(name, Criterion(f, needs_data, rounds), replace=replace)
         return f
 
     return add(fn) if fn is not None else add
@@ -126,7 +135,8 @@ def random_scores(inp: ImportanceInput) -> Scores:
     return {t.name: torch.rand(t.weight().shape, generator=gen) for t in inp.targets}
 
 
-@register_importance("taylor", needs_data=True)
+# 10 rounds: at 90% on lenet5-digits one round leaves 0.894 before fine-tuning, 10 leave 0.981 (LAMP)
+@register_importance("taylor", needs_data=True, rounds=10)
 def taylor(inp: ImportanceInput) -> Scores:
     """First-order Taylor: the loss change of removing w is about -g*w; score = mean over batches of (g*w)^2.
 

@@ -48,6 +48,11 @@ class LayerRule:
     """Channel dim of the layer's output activation (1 for conv-like, -1 for linear-like)."""
     group_size: Callable[[Any], tuple[int, int]] = lambda m: (0, 0)
     """(input, output) channels per group of a grouped conv; (0, 0) when ungrouped."""
+    act_dim_of: Callable[[Any], int] | None = None
+    """Per-module channel dim, where it depends on the instance (channels-first LayerNorms)."""
+
+    def channel_dim(self, module: Any) -> int:
+        return self.act_dim_of(module) if self.act_dim_of is not None else self.act_dim
 
 
 LAYERS: Registry[LayerRule] = Registry("layer rule")
@@ -200,7 +205,14 @@ register_layer(
     "LayerNorm",
     "RMSNorm",
     "LlamaRMSNorm",
-    rule=LayerRule(out_dims=lambda m: {"weight": 0, "bias": 0}, set_out=_ln_set, kind=_ln_kind, act_dim=-1),
+    rule=LayerRule(
+        out_dims=lambda m: {"weight": 0, "bias": 0},
+        set_out=_ln_set,
+        kind=_ln_kind,
+        act_dim=-1,
+        # ConvNeXt's LayerNorm (a subclass) normalises dim 1 with data_format="channels_first"
+        act_dim_of=lambda m: 1 if getattr(m, "data_format", "") == "channels_first" else -1,
+    ),
 )
 
 

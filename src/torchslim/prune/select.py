@@ -2,7 +2,8 @@
 
 A global ranking compares scores of different layers, whose scales differ (a wide layer's weights
 are smaller, a gradient-based score is larger near the loss); a registered normalizer (`NORMALIZERS`,
-chosen by `SparsityConfig.normalize`) first puts each layer's scores in comparable units.
+chosen by `SparsityConfig.normalize`) first puts each layer's scores in comparable units. `auto`
+(the default) is LAMP when every score is >= 0 and the raw ranking otherwise (LAMP needs them >= 0).
 
 Counts are exact: a layer of n weights at sparsity s loses exactly round(s * n) of them (ties broken
 by position), and a global ranking loses exactly round(s * N) over all selected weights. Entries a
@@ -54,9 +55,26 @@ def lamp(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(alive, out.view(scores.shape).float(), -torch.inf)
 
 
+AUTO = "auto"
+
+
+def check_normalizer(name: str) -> None:
+    """A clear error for an unknown normalizer name (`auto` or a registered one)."""
+    if name != AUTO:
+        NORMALIZERS.get(name)
+
+
+def resolve(scores: Mapping[str, torch.Tensor], normalizer: str) -> str:
+    """The registered normalizer `normalizer` stands for: `auto` is lamp unless some score is < 0."""
+    if normalizer != AUTO:
+        return normalizer
+    negative = any(bool((s[torch.isfinite(s)] < 0).any()) for s in scores.values())
+    return "none" if negative else "lamp"
+
+
 def normalized(scores: Mapping[str, torch.Tensor], normalizer: str) -> dict[str, torch.Tensor]:
     """Each layer's ranked scores through the named normalizer (before a global ranking)."""
-    fn = NORMALIZERS.get(normalizer)
+    fn = NORMALIZERS.get(resolve(scores, normalizer))
     return {name: fn(s) for name, s in scores.items()}
 
 

@@ -29,13 +29,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from torchslim.config import SparsityConfig
 from torchslim.data import call
-from torchslim.distill.trainer import fit
+from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.errors import UserError
 from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_unstructured, target_sparsity
 from torchslim.prune.importance import IMPORTANCE
 from torchslim.prune.masks import harden
 from torchslim.prune.schedule import GradualPruner, iterative_targets
-from torchslim.prune.select import NORMALIZERS
+from torchslim.prune.select import AUTO, NORMALIZERS
 from torchslim.recipe import StageSpec, register_stage
 from torchslim.registry import Registry
 
@@ -125,13 +125,15 @@ class UnstructuredSpec(StageSpec):
     """Instead of sparsity: the fraction of selected weights kept."""
     importance: str = "magnitude"
     """Criterion: magnitude, magnitude_bn, taylor, entropy, random or a registered one."""
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global"] = "global"
+    """global (default): one ranking across layers; layer: every layer reaches the sparsity."""
     allocation: Literal["uniform", "auto"] = "uniform"
     """auto: per-layer sparsity from a sensitivity scan on calibration batches."""
-    normalize: str = "none"
-    """How a global ranking compares layers: none (raw scores), lamp or mean."""
-    rounds: int = Field(1, ge=1, le=100)
-    """Score-and-prune rounds without training between, re-scoring the remaining weights each round."""
+    normalize: str = "auto"
+    """How a global ranking compares layers: auto (lamp for scores >= 0), lamp, none (raw) or mean."""
+    rounds: int | None = Field(None, ge=1, le=100)
+    """Score-and-prune rounds without training between, re-scoring the remaining weights each round;
+    null: the criterion's default (10 for taylor, 1 for magnitude)."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     soft: bool = False
@@ -139,8 +141,8 @@ class UnstructuredSpec(StageSpec):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     finetune_epochs: int = Field(1, ge=0, le=1000)
     """Iterative schedule: training epochs after each round."""
-    lr: float = Field(1e-3, gt=0, le=10)
-    """Iterative schedule: learning rate of those fine-tunes."""
+    lr: float | None = Field(None, gt=0, le=10)
+    """Iterative schedule: learning rate of those fine-tunes; null: the finetune stage's default."""
     batches: int = Field(8, ge=1, le=1024)
     """Calibration batches for data-driven criteria and the sensitivity scan."""
 
@@ -148,7 +150,7 @@ class UnstructuredSpec(StageSpec):
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
         registry = IMPORTANCE if info.field_name == "importance" else NORMALIZERS
-        if value not in registry:
+        if value not in registry and not (info.field_name == "normalize" and value == AUTO):
             raise ValueError(registry.unknown_message(value))
         return value
 
@@ -201,7 +203,8 @@ def _iterative(ctx: Any, spec: UnstructuredSpec, config: SparsityConfig, data: A
     for k, s in enumerate(iterative_targets(final, spec.schedule.steps)):
         step = config.replace(sparsity=s, retain=None)
         rep = prune_unstructured(ctx.model, step, data=data, loss=ctx.task.loss, seed=ctx.seed + k)
-        history = _finetune(ctx, spec.finetune_epochs, spec.lr, seed=ctx.seed + 1000 * (k + 1))
+        lr = spec.lr or finetune_defaults(ctx.task)[1]
+        history = _finetune(ctx, spec.finetune_epochs, lr, seed=ctx.seed + 1000 * (k + 1))
         rounds.append({"sparsity": round(rep.sparsity, 6), "loss": history[-1]["loss"] if history else None})
     if config.soft:  # last recompute at the final sparsity, then the masks become hard
         rep = prune_unstructured(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchslim.registry import Registry
 
@@ -23,6 +23,12 @@ TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
 
 _instances: dict[str, Task] = {}
 
+TRAINED_BY_CONSTANTS = ("lenet5-digits", "mnist1d-cnn")
+"""Built-in tasks whose module's `EPOCHS` and `LR` say how the baseline was trained: `get` copies them
+to the instance as `baseline_epochs` and `baseline_lr`, which fine-tuning defaults derive from
+(`torchslim.distill.trainer.finetune_defaults`). Set here rather than in the task classes because a
+cached baseline is keyed by a hash of its classes' source: editing them would retrain every baseline."""
+
 
 def get(name: str) -> Task:
     """The task registered under `name` (one shared instance per process)."""
@@ -33,7 +39,11 @@ def get(name: str) -> Task:
             entry = getattr(importlib.import_module(module), cls)
         from torchslim.tasks.protocol import check_task
 
-        _instances[name] = check_task(entry(), f"task factory {name!r}")
+        task: Any = check_task(entry(), f"task factory {name!r}")
+        if name in TRAINED_BY_CONSTANTS:
+            trained = importlib.import_module(type(task).__module__)
+            task.baseline_epochs, task.baseline_lr = trained.EPOCHS, trained.LR
+        _instances[name] = task
     return _instances[name]
 
 
