@@ -23,6 +23,27 @@ def call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+MAIN_OUTPUTS = ("logits", "last_hidden_state")
+"""Fields of a transformers `ModelOutput` that hold what a model computes, in order of preference."""
+
+
+def main_output(output: Any) -> Any:
+    """The tensor a training loss sees: a tensor as it is; of a transformers `ModelOutput` (or any
+    object with these fields) its `logits`, else its `last_hidden_state`; anything else unchanged."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for field in MAIN_OUTPUTS:
+        value = getattr(output, field, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return output
+
+
+def forward(model: nn.Module, inputs: Any) -> Any:
+    """`call`, then `main_output`: what training and distillation compare."""
+    return main_output(call(model, inputs))
+
+
 def as_tuple(inputs: Any) -> tuple[Any, ...]:
     """Positional form of inputs (dict values keep their order)."""
     if isinstance(inputs, dict):

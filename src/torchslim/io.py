@@ -44,6 +44,9 @@ WEIGHTS = "model.safetensors"
 SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
 MODELS: Registry[Callable[..., nn.Module]] = Registry("registered model")
 """In-process model factories (`register_model`): a manifest may name them without trust."""
+SOURCE_FALLBACKS: list[Callable[[nn.Module], bool]] = []
+"""Tried in turn on a model saved without a source: one that records a source for it returns True
+(transformers models record the `hf` source: their class and config)."""
 
 
 class Transform(Protocol):
@@ -179,6 +182,8 @@ def resolve_factory(target: str) -> Callable[..., Any]:
 def write(model: nn.Module, path: str | os.PathLike[str], *, require_source: bool = True) -> Path:
     """Write `model` to directory `path` atomically (temporary sibling, then rename)."""
     rec = record_of(model)
+    if rec.source is None:
+        any(fallback(model) for fallback in SOURCE_FALLBACKS)
     if rec.source is None and require_source:
         raise UserError(
             "the model has no recorded source, so it could not be rebuilt on load; build it with "

@@ -25,13 +25,18 @@ _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def resolve_model(spec: str, trust_code: io.Trust = False) -> nn.Module:
-    """`zoo:NAME`, a saved model directory, a model file of another framework, or `package.module:factory`
-    (which the user named, so it runs; a saved directory naming a factory needs `trust_code`)."""
+    """`zoo:NAME`, `hf:DIR` (a local save_pretrained directory), a saved model directory, a model file
+    of another framework, or `package.module:factory` (which the user named, so it runs; a saved
+    directory naming a factory needs `trust_code`)."""
     shown = bounded.short(spec)
     if len(spec) > bounded.MAX_STRING:
         raise UserError(f"model {shown}: longer than {bounded.MAX_STRING} characters")
     if spec.startswith("zoo:"):
         return zoo.get(spec[4:]).model()
+    if spec.startswith("hf:"):
+        from torchslim.interop.hf import load_pretrained
+
+        return load_pretrained(bounded.check_path(spec[3:], "model"))
     path = bounded.check_path(spec, "model")
     try:
         if path.suffix in interop.IMPORTERS:

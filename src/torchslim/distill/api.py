@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.config import DistillConfig
-from torchslim.data import call, split
+from torchslim.data import call, forward, split
 from torchslim.distill.attention import AttentionCapture, AttentionMap
 from torchslim.distill.losses import SOFT_LOSSES, Projection, attention_kl, mixed_loss
 from torchslim.distill.trainer import Progress, _no_progress, fit
@@ -74,7 +74,7 @@ class _Student(nn.Module):
         self._attention = attention
 
     def forward(self, inputs: Any) -> tuple[Any, dict[str, torch.Tensor], dict[str, AttentionMap]]:
-        out = call(self.student, inputs)
+        out = forward(self.student, inputs)
         feats = {}
         for name, value in self._capture.outputs.items():
             key = _key(name)
@@ -178,7 +178,7 @@ def distill(
 
         def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
             with torch.no_grad():
-                t_out = call(teacher, inputs)
+                t_out = forward(teacher, inputs)
             s_out, feats, maps = model(inputs)  # through DDP when distributed
             hard = hard_loss(s_out, target) if hard_loss is not None and target is not None else None
             loss = mixed_loss(soft(s_out, t_out, config.temperature), hard, config.alpha)
@@ -251,7 +251,7 @@ def _check_and_build(
     """One forward pass of both: output shapes must agree; feature projections are sized here."""
     inputs, _ = split(batch)
     with torch.no_grad():
-        t_out, s_out = call(teacher, inputs), call(wrapper.student, inputs)
+        t_out, s_out = forward(teacher, inputs), forward(wrapper.student, inputs)
     if t_out.shape != s_out.shape:
         raise UserError(
             f"teacher output {tuple(t_out.shape)} does not match student output {tuple(s_out.shape)}"

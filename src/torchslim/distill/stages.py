@@ -9,7 +9,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchslim.config import DistillConfig
-from torchslim.data import call
+from torchslim.data import forward
 from torchslim.distill.api import distill
 from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
@@ -71,7 +71,7 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
     task = ctx.task
 
     def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
-        return task.loss(call(model, inputs), target)
+        return task.loss(forward(model, inputs), target)
 
     callbacks = [
         *ctx.callbacks,

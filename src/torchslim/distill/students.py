@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from torchslim import safe
-from torchslim.data import call, split
+from torchslim.data import call, main_output, split
 from torchslim.errors import UserError
 from torchslim.io import TRANSFORMS, add_transform
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Strict
@@ -151,10 +151,7 @@ def _distance(
 
 def _flat(output: Any) -> torch.Tensor:
     """The main output tensor (a tensor, `.logits`, `.last_hidden_state` or the first item), per example."""
-    for attr in ("logits", "last_hidden_state"):
-        if hasattr(output, attr):
-            output = getattr(output, attr)
-            break
+    output = main_output(output)
     if isinstance(output, (tuple, list)):
         output = output[0]
     return output.float().flatten(1)

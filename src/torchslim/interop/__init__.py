@@ -11,7 +11,7 @@ from typing import Any
 import torch.nn as nn
 
 from torchslim.errors import UserError
-from torchslim.io import SOURCES
+from torchslim.io import SOURCE_FALLBACKS, SOURCES
 from torchslim.registry import Registry
 
 Importer = Callable[[Path], nn.Module]
@@ -37,6 +37,9 @@ SOURCES.register("onnx", _lazy("torchslim.interop.onnx_import", "build_from_stru
 SOURCES.register("keras", _lazy("torchslim.interop.keras", "build_from_config"))
 EXPORTERS.register("onnx", _lazy("torchslim.interop.outputs", "write_onnx"))
 EXPORTERS.register("keras", _lazy("torchslim.interop.keras", "write_keras"))
+SOURCES.register("hf", _lazy("torchslim.interop.hf", "build"))
+EXPORTERS.register("hf", _lazy("torchslim.interop.hf", "write_hf"))
+SOURCE_FALLBACKS.append(_lazy("torchslim.interop.hf", "record_source"))
 
 
 def import_model(path: str | Path) -> nn.Module:

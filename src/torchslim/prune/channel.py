@@ -24,6 +24,7 @@ from torchslim.errors import UserError
 from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.macs import count_macs
 from torchslim.prune import torch_blocks as torch_blocks  # registers torch.nn's transformer blocks
+from torchslim.prune.check import guard
 from torchslim.prune.graph import Graph, Key, build_graph
 from torchslim.prune.group_importance import Context, LossFn, group_scores
 from torchslim.prune.heads import (
@@ -229,16 +230,18 @@ def prune_channels_(
         report.soft = SoftChannelPruner(graph, config, ratio, ctx)
         report.soft.zero(model, plan)
     else:
-        finish(model, graph, plan)
+        guard(model, example_inputs, lambda: finish(model, graph, plan))
     return report
 
 
 def finish(model: nn.Module, graph: Graph, plan: Plan) -> None:
-    """Cut and record the `channel_prune` transform for ts.save / ts.load."""
+    """Cut and record the `channel_prune` transform for ts.save / ts.load (with the config fields that
+    now describe the pruned sizes, so a rebuilt transformers model gets them back)."""
     from torchslim import io
 
-    io.add_transform(model, "channel_prune", apply_plan(model, graph, plan))
-    sync_config(model)
+    params = apply_plan(model, graph, plan)
+    fields = sync_config(model)
+    io.add_transform(model, "channel_prune", {**params, "config": fields} if fields else params)
 
 
 def removed_fraction(graph: Graph, plan: Plan) -> float:

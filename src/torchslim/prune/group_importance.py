@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.data import call, split
+from torchslim.data import call, forward, split
 from torchslim.prune.graph import Graph, Group, Key
 from torchslim.prune.layers import rule_of
 from torchslim.registry import Registry
@@ -119,7 +119,7 @@ def _prepare_taylor(ctx: Context) -> None:
             inputs, target = split(batch)
             with torch.enable_grad():
                 grads = torch.autograd.grad(
-                    ctx.loss(call(ctx.model, inputs), target), params, allow_unused=True
+                    ctx.loss(forward(ctx.model, inputs), target), params, allow_unused=True
                 )
             for p, g in zip(params, grads, strict=True):
                 if g is not None:

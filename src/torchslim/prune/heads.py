@@ -100,13 +100,18 @@ def _gpt2_sides(path: str, m: Any) -> tuple[int, dict[Key, np.ndarray], int]:
     return h, {(f"{path}.c_attn", "out"): np.concatenate([pos, pos, pos]), (f"{path}.c_proj", "in"): pos}, d
 
 
+def _width(layer: Any) -> int:
+    """Output width of a transformers Conv1D, or of the nn.Linear quantization turns it into."""
+    return int(layer.nf if hasattr(layer, "nf") else layer.out_features)
+
+
 def _gpt2_fix(m: Any) -> None:
-    m.split_size = m.c_attn.nf // 3
+    m.split_size = _width(m.c_attn) // 3
     m.num_heads = m.split_size // m.head_dim
 
 
 BLOCKS.register("GPT2Attention", BlockRule(_gpt2_sides, _gpt2_fix, config=lambda m: {"=n_head": m.num_heads}))
-BLOCKS.register("GPT2MLP", BlockRule(_mlp(("c_fc",), "c_proj"), config=lambda m: {"n_inner": m.c_fc.nf}))
+BLOCKS.register("GPT2MLP", BlockRule(_mlp(("c_fc",), "c_proj"), config=lambda m: {"n_inner": _width(m.c_fc)}))
 
 
 # -- Llama-style: q/k/v/o projections, grouped-query attention ------------------------------------
@@ -210,22 +215,45 @@ def fix_blocks(model: nn.Module) -> None:
             BLOCKS.get(type(module).__name__).fix(module)
 
 
-def sync_config(model: nn.Module) -> dict[str, Any]:
-    """Write block sizes into `model.config` when every block agrees (so save_pretrained /
-    from_pretrained rebuild the pruned shapes); returns the fields set, {} when sizes differ."""
-    config = getattr(model, "config", None)
+def config_sizes(model: nn.Module) -> dict[str, set[int]]:
+    """Every config field the registered blocks describe -> the values the model's blocks hold."""
     seen: dict[str, set[int]] = {}
     for module in model.modules():
         kind = type(module).__name__
         if kind in BLOCKS:
             for key, value in BLOCKS.get(kind).config(module).items():
                 seen.setdefault(key, set()).add(value)
-    fields = {k: v.pop() for k, v in seen.items() if len(v) == 1}
-    if config is None or len(fields) != len(seen):
+    return seen
+
+
+def sync_config(model: nn.Module) -> dict[str, Any]:
+    """Write each block size that every block agrees on into `model.config` (so save_pretrained /
+    from_pretrained rebuild the pruned shapes); returns the fields set. Sizes that differ between
+    blocks, or that the config cannot hold, are left: `config_problems` names them."""
+    config = getattr(model, "config", None)
+    if config is None:
         return {}
-    if any(getattr(config, k[1:], None) != v for k, v in fields.items() if k.startswith("=")):
-        return {}
-    fields = {k: v for k, v in fields.items() if not k.startswith("=")}
+    fields = {k: min(v) for k, v in config_sizes(model).items() if len(v) == 1 and not k.startswith("=")}
     for key, value in fields.items():
         setattr(config, key, value)
     return fields
+
+
+def config_problems(model: nn.Module) -> list[str]:
+    """Why `model.config` cannot describe the model's block sizes (empty when it can)."""
+    config = getattr(model, "config", None)
+    out = []
+    for key, values in config_sizes(model).items():
+        name = key.lstrip("=")
+        if len(values) > 1:
+            out.append(
+                f"blocks hold different {name} ({sorted(values)}) and {type(config).__name__} holds one; "
+                "prune with scope='layer' (every block keeps the same count) or exclude the blocks"
+            )
+        elif key.startswith("=") and getattr(config, name, None) != min(values):
+            out.append(
+                f"{type(config).__name__} derives the head size from the hidden size and {name}, so "
+                f"{min(values)} heads of {getattr(config, name, None)} cannot be written into it; prune "
+                "only the MLPs (exclude the attention modules) or save with ts.save"
+            )
+    return out

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.data import call, split
+from torchslim.data import call, forward, split
 from torchslim.prune.masks import get_mask
 from torchslim.prune.targets import Target
 from torchslim.registry import Registry
@@ -158,7 +158,7 @@ def taylor(inp: ImportanceInput) -> Scores:
         for batch in inp.data:
             inputs, target = split(batch)
             with torch.enable_grad():
-                loss = inp.loss(call(inp.model, inputs), target)
+                loss = inp.loss(forward(inp.model, inputs), target)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             for total, grad, t in zip(totals, grads, inp.targets, strict=True):
                 if grad is not None:

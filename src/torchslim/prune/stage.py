@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from torchslim.config import SparsityConfig
-from torchslim.data import call
+from torchslim.data import forward
 from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.errors import UserError
 from torchslim.prune.api import SENSITIVITY_METRIC, auto_layer_sparsity, prune_unstructured, target_sparsity
@@ -251,7 +251,7 @@ def _finetune(ctx: Any, epochs: int, lr: float, seed: int) -> list[dict[str, flo
     task = ctx.task
 
     def loss_fn(model: Any, inputs: Any, target: Any) -> Any:
-        return task.loss(call(model, inputs), target)
+        return task.loss(forward(model, inputs), target)
 
     def batches(epoch: int) -> Any:
         return task.train_loader(seed=seed + epoch)

@@ -5,13 +5,14 @@ changed (`out_channels`, `num_features`, a transformers attention's head count, 
 empty tensors of those shapes and those attributes on the freshly built model; `ts.load` then fills
 the values from safetensors. This needs no per-layer code, so custom layers replay too. A module whose
 class cannot hold the smaller sizes (torch's MultiheadAttention) is swapped before the cut for one
-that can; `replace` records the `REPLACEMENTS` entry, replayed first.
+that can; `replace` records the `REPLACEMENTS` entry, replayed first. `config` holds the fields of a
+transformers `model.config` that describe the pruned sizes (heads, kv heads, intermediate size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn as nn
@@ -72,6 +73,12 @@ def record_prune(
     return {"shapes": shapes, "attrs": attrs}
 
 
+ConfigField = Literal[
+    "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "n_inner"
+]
+"""The transformers config fields pruning writes (`heads.sync_config`), the only ones a manifest may set."""
+
+
 @TRANSFORM_PARAMS.register("channel_prune")
 class ChannelPruneParams(Strict):
     replace: dict[ModulePath, Name] = Field(default_factory=dict)
@@ -79,6 +86,7 @@ class ChannelPruneParams(Strict):
     attrs: dict[ModulePath, dict[Attribute, bool | int | float | list[int | float]]] = Field(
         default_factory=dict
     )
+    config: dict[ConfigField, Annotated[int, Field(ge=1, le=1 << 20)]] = Field(default_factory=dict)
 
 
 @TRANSFORMS.register("channel_prune")
@@ -105,4 +113,9 @@ def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
         module = safe.submodule(model, name, where)
         for attr, value in attrs.items():
             setattr(module, attr, safe.plain_attribute(module, attr, value, f"{where} {name!r}"))
+    config = getattr(model, "config", None)
+    if params.get("config") and config is None:
+        raise ManifestError(f"{where}: config fields {sorted(params['config'])} for a model without a config")
+    for key, value in params.get("config", {}).items():  # transformers config fields (heads.sync_config)
+        setattr(config, key, value)
     return model

@@ -22,7 +22,7 @@ from torchslim.config import QuantConfig
 from torchslim.data import split
 from torchslim.errors import ManifestError, UserError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
-from torchslim.quant import flow
+from torchslim.quant import conv1d, flow
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
 from torchslim.quant.primitives import WeightSpec, check_bits
@@ -49,7 +49,10 @@ class QuantResult:
 
 
 def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize)."""
+    """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize).
+
+    Selected GPT-2 `Conv1D` layers become the nn.Linear they are first (recorded; see `conv1d`)."""
+    conv1d.linearize_(model, config.include, config.exclude)
     chosen: dict[str, nn.Module] = {}
     kept: dict[str, str] = {}
     wrapped: list[str] = []
