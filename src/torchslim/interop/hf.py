@@ -44,7 +44,7 @@ def record_source(model: nn.Module) -> bool:
     """Record the `hf` source of a transformers model that has none; False when it is not one."""
     if not is_transformers(model):
         return False
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     set_source(
         model,
         SOURCE,
@@ -72,8 +72,9 @@ def build(architecture: str, config_class: str, config: dict[str, Any]) -> nn.Mo
     """The `hf` source: `transformers.<architecture>(transformers.<config_class>.from_dict(config))`."""
     import transformers
 
-    cls, cfg_cls = getattr(transformers, architecture, None), getattr(transformers, config_class, None)
-    if not isinstance(cls, type) or not is_transformers_class(cls) or not isinstance(cfg_cls, type):
+    cls: Any = getattr(transformers, architecture, None)
+    cfg_cls: Any = getattr(transformers, config_class, None)
+    if not (isinstance(cls, type) and is_transformers_class(cls) and hasattr(cfg_cls, "from_dict")):
         raise ManifestError(
             f"hf source names {architecture!r} / {config_class!r}, which this transformers "
             f"({transformers.__version__}) does not provide as a model and config class"
@@ -128,12 +129,12 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
     return dest
 
 
-def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+def float_copy(model: nn.Module) -> tuple[Any, dict[str, Any]]:
     """A plain transformers model of `model`'s class and config holding its float weights (quantized
     layers dequantized, masks applied), and notes on what was dequantized."""
-    config = copy.deepcopy(model.config)  # type: ignore[union-attr]
+    config = copy.deepcopy(model.config)
     with torch.device("meta"):
-        fresh = type(model)(config)
+        fresh: Any = type(model)(config)
     state, dequantized = _float_state(model, fresh)
     _tie_or_untie(fresh, state)
     try:
@@ -187,7 +188,7 @@ def _tensor(module: nn.Module, name: str) -> tuple[torch.Tensor | None, bool]:
 def _tie_or_untie(fresh: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Tied embeddings stay tied when their values agree; quantized apart, they are written untied."""
     tied = getattr(fresh, "_tied_weights_keys", None)
-    config = fresh.config  # type: ignore[union-attr]
+    config: Any = fresh.config
     if not isinstance(tied, dict) or not getattr(config, "tie_word_embeddings", False):
         return
     for target, source in tied.items():

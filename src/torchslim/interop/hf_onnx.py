@@ -56,7 +56,7 @@ def adapt(model: nn.Module, example_inputs: Any) -> Adapted | None:
         args = as_tuple(example_inputs)
         names = [p for p in params if p not in ("self",)][: len(args)]
     extra = {"use_cache": False} if "use_cache" in params else {}
-    wrapper = MainOutput(model, names, extra)
+    wrapper = MainOutput(model, names, extra).eval()
     with torch.no_grad():
         out = call(model, dict(zip(names, args, strict=True)) | extra)
     field = next((f for f in MAIN_OUTPUTS if isinstance(getattr(out, f, None), torch.Tensor)), "output")

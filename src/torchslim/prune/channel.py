@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -186,14 +186,31 @@ class ChannelReport:
     units_total: int
     soft: SoftChannelPruner | None = None
     """With `soft=True`: the callback that re-zeroes channels while training; call `finalize(model)`."""
+    adjusted: dict[str, str] = field(default_factory=dict)
+    """Blocks whose units (heads; under grouped-query attention a kv head with its query heads) are too
+    few for the ratio: what they lost instead, so the grouping the config states still holds."""
 
     def notes(self) -> dict[str, Any]:
-        return {
+        out = {
             "ratio": round(self.ratio, 4),
             "groups": self.groups,
             "units_removed": self.units_removed,
             "units_total": self.units_total,
         }
+        return out | ({"adjusted": self.adjusted} if self.adjusted else {})
+
+
+def adjusted_blocks(graph: Graph, plan: Plan, ratio: float) -> dict[str, str]:
+    """Block path -> what it lost, for blocks whose whole units cannot make `ratio` exactly."""
+    out = {}
+    for gi, group in enumerate(graph.groups):
+        removed = len(plan.get(gi, ()))
+        if group.block and abs(removed / group.units - ratio) > 1 / (4 * group.units):
+            out[group.name] = (
+                f"removed {removed} of {group.units} units of {group.unit_channels} channels "
+                f"(ratio {ratio:g} rounds to whole units)"
+            )
+    return out
 
 
 def prune_channels_(
@@ -226,6 +243,8 @@ def prune_channels_(
     report = ChannelReport(
         ratio, len(graph.groups), sum(len(v) for v in plan.values()), sum(g.units for g in graph.groups)
     )
+    if config.scope != "global":
+        report.adjusted = adjusted_blocks(graph, plan, ratio)
     if config.soft:
         report.soft = SoftChannelPruner(graph, config, ratio, ctx)
         report.soft.zero(model, plan)

@@ -3,9 +3,9 @@
 The dependency graph sees what tracing shows; a forward that hard-codes a size (`x.view(b, 16, -1)`,
 a constant in a custom module) can still break after channels are cut. `guard` keeps a deep copy of
 the model, runs the surgery, then runs the example inputs through the result: when that forward
-raises, or its outputs change shape, the model is put back exactly as it was (same object, its old
-modules, tensors and record) and the `UserError` names the first module that failed and why. The copy
-doubles the model's memory for the duration of the cut.
+raises, or its outputs change shape, the model is put back exactly as it was (the same module
+objects, with their old tensors, attributes and record) and the `UserError` names the first module
+that failed and why. The copy doubles the model's memory for the duration of the cut.
 """
 
 from __future__ import annotations
@@ -69,10 +69,17 @@ def _describe(model: nn.Module, running: list[str], finished: list[str]) -> str:
     return f"{type(model).__name__}.forward itself{after}"
 
 
-def restore(model: nn.Module, backup: nn.Module) -> None:
-    """Make `model` (the caller's object) the backup again: modules, tensors, attributes and record."""
-    model.__dict__.clear()
-    model.__dict__.update(backup.__dict__)
+def restore(originals: dict[str, nn.Module], backup: nn.Module) -> None:
+    """Give every module object the model held before the surgery (`originals`, by name) the state of
+    its copy in `backup`: attributes, tensors and record come back, and so do the objects themselves
+    (a caller's reference to `model.conv2` is the model's conv2 again)."""
+    copies = dict(backup.named_modules())
+    by_copy = {id(copies[name]): module for name, module in originals.items()}
+    for name, module in originals.items():
+        state = dict(copies[name].__dict__)
+        state["_modules"] = {k: None if c is None else by_copy[id(c)] for k, c in state["_modules"].items()}
+        module.__dict__.clear()
+        module.__dict__.update(state)
 
 
 def guard(model: nn.Module, inputs: Any, surgery: Callable[[], None], what: str = "channel pruning") -> None:
@@ -82,23 +89,23 @@ def guard(model: nn.Module, inputs: Any, surgery: Callable[[], None], what: str 
         reference = output_shapes(model, inputs)
     except Exception as exc:
         raise UserError(f"the model does not run on its example_inputs before {what}: {_line(exc)}") from None
-    backup = copy.deepcopy(model)
+    backup, originals = copy.deepcopy(model), dict(model.named_modules())
     try:
         surgery()
         failure = failing_module(model, inputs)
         shapes = output_shapes(model, inputs) if failure is None else reference
     except BaseException:
-        restore(model, backup)
+        restore(originals, backup)
         raise
     if failure is not None:
-        restore(model, backup)
-        where, exc = failure
+        restore(originals, backup)
+        where, error = failure
         raise UserError(
-            f"{what} broke the model's forward on example_inputs: {where} failed: {_line(exc)}; the model "
+            f"{what} broke the model's forward on example_inputs: {where} failed: {_line(error)}; the model "
             "is restored unchanged; exclude that module (or the layers that feed it) from pruning"
         )
     if shapes != reference:
-        restore(model, backup)
+        restore(originals, backup)
         raise UserError(
             f"{what} changed the model's output shapes on example_inputs from {reference} to {shapes} "
             "(a size hard-coded in the forward?); the model is restored unchanged; exclude the layers "
