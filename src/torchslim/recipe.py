@@ -79,13 +79,14 @@ class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     formats: list[Annotated[str, AfterValidator(_known_format)]] = ["torchslim"]
     """Artifacts written for the final model: `torchslim` (OUT/model/, always written), `onnx`
-    (OUT/model.onnx), `keras` (OUT/model.keras); the interop EXPORTERS registry lists them."""
+    (OUT/model.onnx), `keras` (OUT/model.keras), `hf` (OUT/hf/, save_pretrained); the interop
+    EXPORTERS registry lists them."""
 
 
 class RecipeHead(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     model: str = Field(min_length=1, max_length=bounded.MAX_STRING)
-    """`zoo:NAME`, `package.module:factory`, a saved model directory, or a `.onnx` file."""
+    """`zoo:NAME`, `package.module:factory`, a saved model directory, a `.onnx` file, or `hf:DIR`."""
     task: str | dict[str, Any] | None = None
     """A registered task name, `package.module:factory` (returns a `ts.Task`), or a data mapping
     (`torchslim.tasks.spec.DataTaskSpec`); defaults to the model's own zoo task."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from torchslim import zoo
 from torchslim.data import main_output
 from torchslim.distill.losses import SOFT_LOSSES
 from torchslim.interop import EXPORTERS
+from torchslim.zoo.base import Task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -199,6 +201,8 @@ def test_prune_distill_quantize_hf_round_trip(name: str, tmp_path: Path) -> None
     # transformers' ViT reads `projection.weight.dtype`, which a quantized conv does not have
     skip = ("*.patch_embeddings.projection",) if name == "vit" else ()
     ts.quantize_(student, ts.QuantConfig(bits=8, weights="per_channel", activations=None, exclude=skip))
+    ts.save(student, tmp_path / "ts")
+    assert torch.allclose(out(ts.load(tmp_path / "ts"), x), out(student, x), atol=1e-6)
     path = EXPORTERS.get("hf")(student, x, tmp_path)
     assert torch.allclose(out(reload(path), x), out(student, x), atol=1e-5)
 
@@ -257,3 +261,59 @@ def test_hf_path_model_spec(tmp_path: Path) -> None:
     assert torch.allclose(out(again, x), out(model, x), atol=1e-6)
     with pytest.raises(ts.UserError, match="no config.json"):
         resolve_model(f"hf:{tmp_path}")
+
+
+class TinyImages(Task):
+    """Random 32x32 images, 10 classes: enough for a recipe to run a transformers ViT end to end."""
+
+    name = "tests-hf-images"
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(48, 3, 32, 32, generator=gen), torch.randint(0, 10, (48,), generator=gen)
+
+    def make(self, **kwargs: Any) -> nn.Module:
+        return vit()
+
+    def train_baseline(self, model: nn.Module) -> None: ...
+
+    def evaluate(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            return float((out(model.eval(), self.x).argmax(-1) == self.y).float().mean())
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(output, target)
+
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        return self.x[:2]
+
+    def train_loader(self, batch_size: int | None = None, seed: int = 0, **kwargs: Any) -> Iterable[Any]:
+        return [(self.x[i : i + 16], self.y[i : i + 16]) for i in range(0, 48, 16)]
+
+    def test_loader(self, batch_size: int | None = None) -> Iterable[Any]:
+        return self.train_loader()
+
+
+@pytest.mark.slow  # a whole run: every stage saved, loaded, measured and timed
+def test_recipe_on_hf_checkpoint_writes_hf_output(tmp_path: Path) -> None:
+    if TinyImages.name not in zoo.TASKS:
+        zoo.TASKS.register(TinyImages.name, TinyImages)
+    model, x = build("vit")
+    model.save_pretrained(tmp_path / "ckpt")
+    recipe = {
+        "model": f"hf:{tmp_path / 'ckpt'}",
+        "task": TinyImages.name,
+        "stages": [
+            {"prune": {"kind": "channel", "ratio": 0.5}},
+            {"finetune": {"epochs": 1}},
+            {"quantize": {"bits": 8, "weights": "per_channel", "exclude": ["*.patch_embeddings.projection"]}},
+        ],
+        "output": {"formats": ["torchslim", "hf"]},
+    }
+    report = ts.run_recipe(recipe, tmp_path / "out")
+    assert report["stages"][-1]["params"] < report["stages"][0]["params"]
+    final = ts.load(tmp_path / "out" / "model")  # every stage went through ts.save / ts.load (hf source)
+    again = reload(tmp_path / "out" / "hf")
+    assert again.config.num_attention_heads == final.config.num_attention_heads == 2
+    assert torch.allclose(out(again, x), out(final, x), atol=1e-5)
