@@ -111,6 +111,7 @@ def run_recipe(
     model = resolve_model(recipe.model, trust_code)  # bad input fails here, before anything is written
     task = resolve_task(recipe.task, model)
     check_fits(model, task, recipe.model)
+    interop.check_formats(model, recipe.output.formats)
     with runslot.claim(out, rank) as slot:
         _check_out(out, overwrite)  # again under the lock: a run may have finished meanwhile
         work = slot.work_dir(recipe.to_dict(), resume)

@@ -249,6 +249,10 @@ def test_onnx_any_batch_and_length(name: str, tmp_path: Path) -> None:
 def test_hf_output_refuses_other_models(tmp_path: Path) -> None:
     with pytest.raises(ts.UserError, match="needs a transformers PreTrainedModel"):
         EXPORTERS.get("hf")(nn.Linear(2, 2), torch.randn(1, 2), tmp_path)
+    recipe = {"model": "conftest:make_digits_mlp", "task": "tiny-digits", "output": {"formats": ["hf"]}}
+    with pytest.raises(ts.UserError, match="needs a transformers PreTrainedModel; this model is a DigitsMLP"):
+        ts.run_recipe(recipe, tmp_path / "out")  # before the run starts
+    assert not any(tmp_path.iterdir())
 
 
 def test_hf_path_model_spec(tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ IMPORTERS: Registry[Importer] = Registry("model file type")
 """File suffix → function that reads the file into a torch module (with its source recorded)."""
 EXPORTERS: Registry[Exporter] = Registry("output format")
 """Output format → function(model, example_inputs, out_dir) writing `OUT/model.<ext>`."""
+FORMAT_CHECKS: Registry[Callable[[nn.Module], None]] = Registry("output format check")
+"""Output format → a check of the recipe's model before the run starts: a model the format can never
+write (`hf` needs a transformers model) fails before any stage runs, not after the last one."""
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Any]:
@@ -40,6 +43,14 @@ EXPORTERS.register("keras", _lazy("torchslim.interop.keras", "write_keras"))
 SOURCES.register("hf", _lazy("torchslim.interop.hf", "build"))
 EXPORTERS.register("hf", _lazy("torchslim.interop.hf", "write_hf"))
 SOURCE_FALLBACKS.append(_lazy("torchslim.interop.hf", "record_source"))
+FORMAT_CHECKS.register("hf", _lazy("torchslim.interop.hf", "require_transformers"))
+
+
+def check_formats(model: nn.Module, formats: list[str]) -> None:
+    """Run the registered checks of `formats` on the model a run starts from (UserError if unfit)."""
+    for fmt in formats:
+        if fmt in FORMAT_CHECKS:
+            FORMAT_CHECKS.get(fmt)(model)
 
 
 def import_model(path: str | Path) -> nn.Module:
@@ -54,4 +65,4 @@ def import_model(path: str | Path) -> nn.Module:
     return IMPORTERS.get(path.suffix)(path)
 
 
-__all__ = ["EXPORTERS", "IMPORTERS", "import_model"]
+__all__ = ["EXPORTERS", "FORMAT_CHECKS", "IMPORTERS", "check_formats", "import_model"]

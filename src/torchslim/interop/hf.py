@@ -110,12 +110,16 @@ def load_pretrained(path: str | Path) -> nn.Module:
 
 
 # -- the `hf` output format ---------------------------------------------------------------------
-def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
-    """Write `OUT/hf/` with `save_pretrained` (see the module docstring)."""
+def require_transformers(model: nn.Module) -> None:
     if not is_transformers(model):
         raise UserError(
             f"output format 'hf' needs a transformers PreTrainedModel; this model is a {type(model).__name__}"
         )
+
+
+def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
+    """Write `OUT/hf/` with `save_pretrained` (see the module docstring)."""
+    require_transformers(model)
     problems = config_problems(model)
     if problems:
         raise UserError(f"output format 'hf': {problems[0]}")
