@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from torchslim.data import main_output
 from torchslim.registry import Registry
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,12 +39,11 @@ def register_metric(name: str, metric: Metric, *, replace: bool = False) -> None
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The tensor a model returned, or the `logits` of a Hugging Face ModelOutput."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, (tuple, list)) and output:
-        logits = output[0]
+    """The tensor a model returned, the main tensor of a Hugging Face ModelOutput (`data.main_output`:
+    `logits`, else `last_hidden_state`), or the first item of a tuple."""
+    logits = main_output(output)
+    if isinstance(logits, (tuple, list)) and logits:
+        logits = logits[0]
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model returned {type(output).__name__}; expected a tensor or `.logits`")
     return logits
