@@ -321,3 +321,22 @@ def test_recipe_on_hf_checkpoint_writes_hf_output(tmp_path: Path) -> None:
     again = reload(tmp_path / "out" / "hf")
     assert again.config.num_attention_heads == final.config.num_attention_heads == 2
     assert torch.allclose(out(again, x), out(final, x), atol=1e-5)
+
+
+def test_manifest_fields_of_hf_transforms_are_checked(tmp_path: Path) -> None:
+    model, x = build("gpt2")
+    ts.prune_(model, ts.ChannelConfig(ratio=0.5, exclude=("*.attn",)), example_inputs=x)
+    ts.quantize_(model, ts.QuantConfig(bits=8, weights="per_channel", activations=None))
+    ts.save(model, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "hf" and manifest["source"]["architecture"] == "GPT2LMHeadModel"
+    steps = {s["name"]: s["params"] for s in manifest["transforms"]}
+    assert steps["channel_prune"]["config"] == {"n_inner": 64}
+    for name, params, match in (
+        ("channel_prune", {"config": {"vocab_size": 1}}, "vocab_size"),
+        ("conv1d_as_linear", {"layers": ["transformer.wte"]}, "not a transformers Conv1D"),
+    ):
+        bad = dict(manifest, transforms=[{"name": name, "params": params}])
+        (tmp_path / "m" / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(ts.ManifestError, match=match):
+            ts.load(tmp_path / "m")
