@@ -26,7 +26,7 @@ def compressed_tiny(directory: Path) -> Path:
     model = task.build(width=0.5)
     x = task.example_inputs
     ts.prune_(model, ts.ChannelConfig(ratio=0.5, importance="l2", round_to=4), example_inputs=x)
-    ts.prune_(model, ts.SparsityConfig(sparsity=0.7, importance="magnitude"))
+    ts.prune_(model, ts.SparsityConfig(sparsity=0.7, importance="magnitude", scope="layer"))
     ts.quantize_(model, ts.QuantConfig(bits=4, weights="per_channel", activations=None, exclude=["fc2"]))
     return ts.save(model, directory)
 
