@@ -202,6 +202,15 @@ class QuantConfig(BaseConfig):
     """8-bit weights on half the grid ([-63, 63]), as onnxruntime's `reduce_range`: x86 integer kernels
     without VNNI sum pairs of u8*s8 products in int16 and saturate on the full grid. None: on whenever
     activations are quantized (the model runs on integer kernels), off for weight-only."""
+    method: Literal["auto", "rtn", "gptq"] = "auto"
+    """Weight rounding (kind int): `rtn` rounds to nearest; `gptq` spreads each column's rounding error over
+    the columns not yet rounded (Linear layers; needs calibration data); `auto`: gptq for layers of 4 bits
+    or fewer when calibration data is given (MiniLM 4-bit per_group: cosine 0.984 against 0.930), else rtn."""
+    smoothing: float | Literal["auto"] = "auto"
+    """SmoothQuant alpha for Linear layers (0: off): activation outliers divided out per input channel and
+    folded into the weights; needs calibration data. `auto`: with dynamic activations and calibration data,
+    the alpha of `torchslim.quant.auto.SMOOTHING_CHOICES` whose model output on a calibration batch is
+    closest to float; otherwise 0."""
 
     def __post_init__(self) -> None:
         _check(2 <= self.bits <= 8, "QuantConfig", "bits", f"must be in 2..8, got {self.bits}")
@@ -236,6 +245,19 @@ class QuantConfig(BaseConfig):
             f"must be int|codebook, got {self.kind!r}",
         )
         _check(self.group_size >= 1, "QuantConfig", "group_size", "must be >= 1")
+        _check(
+            self.method in ("auto", "rtn", "gptq"),
+            "QuantConfig",
+            "method",
+            f"must be auto|rtn|gptq, got {self.method!r}",
+        )
+        _check(
+            self.smoothing == "auto"
+            or (isinstance(self.smoothing, (int, float)) and 0.0 <= self.smoothing <= 1.0),
+            "QuantConfig",
+            "smoothing",
+            f"must be auto or an alpha in [0, 1], got {self.smoothing!r}",
+        )
 
 
 @register_config

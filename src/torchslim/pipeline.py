@@ -24,6 +24,7 @@ from torchslim import atomic, bounded, interop, io, runslot
 from torchslim.distill import distributed
 from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure, paired_latency
+from torchslim.prune.masks import make_permanent
 from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
 from torchslim.resolve import check_fits, resolve_model, resolve_task
@@ -147,7 +148,8 @@ def _run(recipe: Recipe, model: nn.Module, task: Task, work: Path, reporter: Rep
             ctx.model, row = io.load(stage_dir), bounded.read_json(row_file, "stage record")
             ctx.runtime = row["runtime"]
         else:
-            row = _run_stage(ctx, index, name, spec, stage_dir, work / "train" / stage_dir.name)
+            final = 0 < index == len(steps) - 1
+            row = _run_stage(ctx, index, name, spec, stage_dir, work / "train" / stage_dir.name, final)
             atomic.write_text(row_file, json.dumps(row))
         rows.append(row)
         reporter.measured(row)
@@ -206,9 +208,13 @@ def _remove_resume_state(work: Path) -> None:
 
 
 def _run_stage(
-    ctx: Context, index: int, name: str, spec: Any, stage_dir: Path, train_dir: Path
+    ctx: Context, index: int, name: str, spec: Any, stage_dir: Path, train_dir: Path, final: bool = False
 ) -> dict[str, Any]:
-    """Run one stage, then save, reload and measure its model; returns the report row."""
+    """Run one stage, then save, reload and measure its model; returns the report row.
+
+    The final model's pruning masks are folded into its weights: no later stage trains it, and a mask
+    left as a parametrization would recompute `original * mask` in every forward of the deployed model.
+    """
     torch.manual_seed(ctx.seed + index)
     ctx.notes = {}
     ctx.train_checkpoint = train_dir
@@ -217,6 +223,8 @@ def _run_stage(
     if spec is not None:
         STAGES.get(name).run(ctx, spec)
     seconds = time.perf_counter() - started
+    if final and make_permanent(ctx.model):
+        ctx.notes["masks_folded"] = True
     ctx.model, row = _checkpoint(ctx.model, ctx.task, stage_dir, ctx.runtime)
     if len(ctx.callbacks) > callbacks:
         ctx.notes["registers_callbacks"] = True

@@ -21,6 +21,7 @@ STAGE_FIELDS = ("name", "params", "nonzero_params", "macs", "size_bytes", "laten
 REPORT_FIELDS = ("task", "metric", "stages", "compression_ratio", "speedup")
 LAYER_FIELDS = ("name", "type", "shape", "params", "nonzero", "sparsity", "macs", "bits")
 _DERIVED = (
+    "runtime",
     "speedup_comparable",
     "speedup_same_runtime",
     "accuracy_delta",
@@ -121,9 +122,10 @@ def build_report(
         "metric": metric,
         "stages": [dict(s) for s in stages],
         "compression_ratio": round(first["size_bytes"] / last["size_bytes"], 4),
+        "runtime": last["runtime"],
+        **_same_runtime(first, last),
         "speedup": round(first["latency_ms"] / last["latency_ms"], 4),
         "speedup_comparable": first["runtime"] == last["runtime"],
-        **({"speedup_same_runtime": last["speedup_same_runtime"]} if "speedup_same_runtime" in last else {}),
         "accuracy_delta": round(last["accuracy"] - first["accuracy"], 6),
         "higher_is_better": higher_is_better,
         "torchslim_version": __version__,
@@ -134,6 +136,13 @@ def build_report(
     report.update(extra)
     validate_report(report)
     return report
+
+
+def _same_runtime(first: dict, last: dict) -> dict[str, float]:
+    """The like-with-like speedup: the final model against the baseline timed in the final model's runtime."""
+    if first["runtime"] == last["runtime"]:
+        return {"speedup_same_runtime": round(first["latency_ms"] / last["latency_ms"], 4)}
+    return {"speedup_same_runtime": last["speedup_same_runtime"]} if "speedup_same_runtime" in last else {}
 
 
 def _json_default(obj: Any) -> Any:
@@ -355,12 +364,7 @@ def _headline(report: dict) -> str:
     out = [
         '<section class="cards">',
         _card("compression ratio", f"{report['compression_ratio']:.2f}×", sizes),
-        _card(
-            "speedup" if comparable else "speedup (not comparable)",
-            f"{report['speedup']:.2f}×",
-            f"{was} → {now}",
-            warn=not comparable,
-        ),
+        _speed_card(report, comparable, f"{was} → {now}"),
         _card(
             f"{metric_label(report)}, baseline → final",
             f"{first['accuracy']:.4f} → {last['accuracy']:.4f}",
@@ -388,6 +392,15 @@ def metric_label(report: dict) -> str:
     """The metric's name, flagged when lower is better (errors, perplexity)."""
     lower = report.get("higher_is_better") is False
     return f"{report['metric']} (lower is better)" if lower else report["metric"]
+
+
+def _speed_card(report: dict, comparable: bool, times: str) -> str:
+    """Like with like first: the final model against the baseline timed in the final model's runtime."""
+    same, runtime = report.get("speedup_same_runtime"), report["stages"][-1]["runtime"]
+    if same is None:
+        return _card("speedup (not comparable)", f"{report['speedup']:.2f}×", times, warn=True)
+    sub = times if comparable else f"{report['speedup']:.2f}× against the baseline as first timed: {times}"
+    return _card(f"speedup in {runtime}, like with like", f"{same:.2f}×", sub, warn=same < 1)
 
 
 def _stage_table(report: dict) -> str:

@@ -39,3 +39,20 @@ def test_pipeline_static_int8_onnxruntime(tmp_path) -> None:
     assert final["accuracy"] >= base["accuracy"] - 0.02
     loaded = ts.load(tmp_path / "out" / "model")
     assert isinstance(loaded.fc1, QuantLinear)
+
+
+def _spec(block: dict) -> object:
+    return parse_recipe({"model": "zoo:tiny-digits", "stages": [{"quantize": block}]}).stages[0][1]
+
+
+def test_stage_defaults_are_auto_and_rounding_is_the_old_name_of_method() -> None:
+    spec = _spec({"bits": 4, "weights": "per_group"})
+    config = spec.config()  # type: ignore[attr-defined]
+    assert (spec.runtime, config.method, config.smoothing) == ("auto", "auto", "auto")  # type: ignore[attr-defined]
+    assert spec.needs_data()  # type: ignore[attr-defined]  # 4 bits: GPTQ wants calibration data
+    assert not _spec({"bits": 8}).needs_data()  # type: ignore[attr-defined]  # weight-only int8: none needed
+    assert _spec({"bits": 8, "activations": "dynamic"}).needs_data()  # type: ignore[attr-defined]
+    assert _spec({"bits": 4, "rounding": "nearest"}).config().method == "rtn"  # type: ignore[attr-defined]
+    assert _spec({"smoothing": 0.7}).config().smoothing == 0.7  # type: ignore[attr-defined]
+    with pytest.raises(UserError, match="smoothing"):
+        _spec({"smoothing": 1.5})

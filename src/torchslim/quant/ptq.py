@@ -22,7 +22,7 @@ from torchslim.config import QuantConfig
 from torchslim.data import split
 from torchslim.errors import ManifestError, UserError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
-from torchslim.quant import conv1d, flow
+from torchslim.quant import auto, conv1d, flow
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
 from torchslim.quant.primitives import WeightSpec, check_bits
@@ -42,9 +42,11 @@ class QuantResult:
     """Mixed precision: the width chosen per layer (32: kept in float)."""
     sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
     """Mixed precision: per layer, the measured loss increase at each width."""
+    chosen: dict[str, Any] = field(default_factory=dict)
+    """What the `auto` defaults resolved to (rounding per method, smoothing and the errors compared)."""
 
     def notes(self) -> dict[str, Any]:
-        out = {"quantized_layers": len(self.quantized), "kept_float": self.kept_float}
+        out = {"quantized_layers": len(self.quantized), "kept_float": self.kept_float, **self.chosen}
         return out | ({"bits": self.bits, "sensitivity": self.sensitivity} if self.bits else {})
 
 
@@ -111,36 +113,47 @@ def quantize_(
     config: QuantConfig,
     data: Iterable[Any] | None = None,
     *,
-    rounding: str = "nearest",
-    smoothing: float = 0.0,
+    rounding: str | None = None,
+    smoothing: float | str | None = None,
     calibration_batches: int | None = None,
     layer_bits: dict[str, int] | None = None,
 ) -> QuantResult:
     """Quantize `model` in place. Static activations, GPTQ and SmoothQuant need calibration `data`.
 
-    `smoothing` is SmoothQuant's alpha (0 disables; 0.5 is the paper's default) for Linear layers:
-    activation outliers are divided out per input channel and folded into the weights.
-    `layer_bits` (mixed precision) overrides `config.bits` per layer name.
+    `config.method` and `config.smoothing` pick the rounding and the SmoothQuant alpha (see
+    `torchslim.quant.auto` for what `auto` resolves to); `rounding="nearest"|"gptq"` and `smoothing=alpha`
+    given here override them (`rounding` is the old name of `method`). `layer_bits` (mixed precision)
+    overrides `config.bits` per layer name.
     """
     check_bits(config.bits)
-    rounder = ROUNDING.get(rounding)
-    if not 0.0 <= smoothing <= 1.0:
-        raise UserError(f"smoothing must be in [0, 1], got {smoothing}")
+    config = _overrides(config, rounding, smoothing)
     layers, kept = select_layers(model, config)
     if not layers:
         raise UserError(
             "no quantizable layer selected (Linear, Conv1d, Conv2d, Embedding); check include/exclude"
         )
-    needs = {"static activations": config.activations == "static", "gptq": rounding == "gptq"}
-    needs["smoothing"] = smoothing > 0
-    if any(needs.values()) and data is None:
-        raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
     data, first = _peek(data)
+    has_data = first is not None
+    chosen: dict[str, Any] = {}
+    if auto.wants_smoothing_search(config, model, has_data):
+        data = list(data or [])
+        chosen = _search_smoothing(model, config, data, first, calibration_batches, layer_bits)
+    smoothing = float(chosen.get("smoothing", 0.0 if config.smoothing == "auto" else config.smoothing))
+    bits_of = {n: (layer_bits or {}).get(n) or config.bits for n in layers}
+    rounders = {n: auto.rounding_for(config, bits_of[n], has_data) for n in layers}
+    linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+    needs = {"static activations": config.activations == "static", "gptq": config.method == "gptq"}
+    needs["smoothing"] = smoothing > 0
+    if any(needs.values()) and not has_data:
+        raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
+    needs["gptq"] = any(rounders[n] == "gptq" for n in linear)
+    chosen["linear_rounding"] = {
+        r: sum(rounders[n] == r for n in linear) for r in sorted({rounders[n] for n in linear})
+    }
     static = config.activations == "static" and first is not None
     folded = _fold(model, layers, config, layer_bits, first) if static else {}
     cal = Calibration()
     if any(needs.values()):
-        linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
         method = config.calibration if config.activations == "static" else None
         cal = calibrate(
             model,
@@ -151,8 +164,9 @@ def quantize_(
             hessian_for=linear if needs["gptq"] else [],
             absmax_for=linear if needs["smoothing"] else [],
         )
-    result = QuantResult(kept_float=kept)
+    result = QuantResult(kept_float=kept, chosen=chosen)
     for name, mod in layers.items():
+        rounder = ROUNDING.get(rounders[name])
         bits = (layer_bits or {}).get(name)
         result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing, bits)
         if name in folded:
@@ -163,6 +177,33 @@ def quantize_(
             result.quantized[name]["out_grid"] = nxt
     io.add_transform(model, TRANSFORM, {"layers": result.quantized})
     return result
+
+
+def _search_smoothing(
+    model: nn.Module,
+    config: QuantConfig,
+    data: list[Any],
+    inputs: Any,
+    calibration_batches: int | None,
+    layer_bits: dict[str, int] | None,
+) -> dict[str, Any]:
+    """`smoothing="auto"`: the SmoothQuant alpha measured best on a calibration batch (see `auto`)."""
+
+    def trial(m: nn.Module, c: QuantConfig, d: Iterable[Any]) -> Any:
+        return quantize_(m, c, d, calibration_batches=calibration_batches, layer_bits=layer_bits)
+
+    alpha, errors = auto.choose_smoothing(model, config, data, inputs, trial)
+    return {"smoothing": alpha, "smoothing_output_error": errors}
+
+
+def _overrides(config: QuantConfig, rounding: str | None, smoothing: float | str | None) -> QuantConfig:
+    """`rounding=` (the old name of `QuantConfig.method`) and `smoothing=` keyword overrides."""
+    if rounding is not None:
+        methods = {"nearest": "rtn", "rtn": "rtn", "gptq": "gptq", "auto": "auto"}
+        if rounding not in methods:
+            raise UserError(f"rounding: must be nearest|gptq (now QuantConfig.method), got {rounding!r}")
+        config = config.replace(method=methods[rounding])
+    return config if smoothing is None else config.replace(smoothing=smoothing)
 
 
 def _peek(data: Iterable[Any] | None) -> tuple[Iterable[Any] | None, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from torchslim.config import QuantConfig
 from torchslim.quant.api import quantize_
@@ -37,14 +37,19 @@ class QuantizeSpec(StageSpec):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     """Globs of layers kept in float (e.g. the first and last layers)."""
-    rounding: Literal["nearest", "gptq"] = "nearest"
-    """`gptq`: error-compensating weight rounding for Linear layers (uses calibration data)."""
-    smoothing: float = Field(0.0, ge=0.0, le=1.0)
-    """SmoothQuant alpha for Linear layers (0: off); uses calibration data."""
-    runtime: Literal["torch", "torch.compile", "onnxruntime"] = "torch"
-    """Where this and later stages' latency is measured; the baseline is re-timed there too.
-    `torch.compile` first lowers quantized Linear layers to torchao int8 tensors (integer kernels; needs
-    torchao); `onnxruntime` runs the QDQ export. See `torchslim.quant.backends` for which is fastest."""
+    method: Literal["auto", "rtn", "gptq"] = "auto"
+    """Weight rounding: rtn, gptq (error-compensating, Linear layers, uses calibration data), or auto:
+    gptq at 4 bits and below, rtn above (see `QuantConfig.method`)."""
+    rounding: Literal["nearest", "gptq"] | None = None
+    """Deprecated name of `method` (nearest = rtn); given, it wins over `method`."""
+    smoothing: float | Literal["auto"] = "auto"
+    """SmoothQuant alpha for Linear layers (0: off; uses calibration data); auto: for dynamic activations,
+    the alpha whose output on a calibration batch is closest to float (see `QuantConfig.smoothing`)."""
+    runtime: Literal["auto", "torch", "torch.compile", "onnxruntime"] = "auto"
+    """Where this and later stages run and are timed; the baseline is re-timed there too. auto: the
+    fastest installed runtime for the quantized model, measured on the example inputs (see
+    `torchslim.metrics.deploy`). `torch.compile` first lowers quantized Linear layers to torchao int8
+    tensors (integer kernels; needs torchao); `onnxruntime` runs the QDQ export."""
     qat: bool = False
     """Insert fake-quant layers for the following training stages (kind int); convert them later."""
     convert: bool = False
@@ -68,7 +73,15 @@ class QuantizeSpec(StageSpec):
             raise ValueError("qat: codebook layers train their centroids directly; use qat with kind int")
         return self
 
+    @field_validator("smoothing")
+    @classmethod
+    def _alpha(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"must be auto or an alpha in [0, 1], got {value}")
+        return value
+
     def config(self) -> QuantConfig:
+        method = {"nearest": "rtn", "gptq": "gptq"}[self.rounding] if self.rounding else self.method
         return QuantConfig(
             bits=self.bits,
             weights=self.weights,
@@ -82,26 +95,54 @@ class QuantizeSpec(StageSpec):
             size_target=self.size_target,
             bit_choices=tuple(self.bit_choices),
             reduce_range=self.reduce_range,
+            method=method,  # type: ignore[arg-type]
+            smoothing=self.smoothing,
+        )
+
+    def needs_data(self) -> bool:
+        """Whether a calibration pass may be used: static ranges, GPTQ, smoothing or mixed precision."""
+        config = self.config()
+        low_bits = min((config.bits, *(config.bit_choices if config.size_target else ())))
+        return config.size_target is not None or (
+            config.kind == "int"
+            and (
+                config.activations == "static"
+                or config.method == "gptq"
+                or (config.method == "auto" and low_bits <= 4)
+                or (config.smoothing == "auto" and config.activations == "dynamic")
+                or (config.smoothing != "auto" and float(config.smoothing) > 0)
+            )
         )
 
 
 @register_stage("quantize", QuantizeSpec)
 def quantize(ctx: Any, spec: QuantizeSpec) -> None:
-    ctx.runtime = spec.runtime  # the pipeline also times the baseline there, for a like-with-like speedup
     if spec.convert:
         ctx.note(**convert_(ctx.model).notes(), converted=True)
-        if spec.runtime == "torch.compile":
-            ctx.note(**torchao_notes(ctx.model))
-        return
-    config = spec.config()
-    needs = (config.activations == "static", spec.rounding == "gptq", spec.smoothing > 0, spec.size_target)
-    data = ctx.task.calibration_loader(batches=spec.calibration.batches) if any(needs) else None
-    options: dict[str, Any] = {"qat": spec.qat, "loss": ctx.task.loss}
-    if config.kind == "int" and not spec.qat:
-        options.update(rounding=spec.rounding, smoothing=spec.smoothing)
-    result = quantize_(ctx.model, config, data, **options)
-    ctx.note(**result.notes(), **({"qat": "fake-quant inserted; convert after training"} if spec.qat else {}))
-    if spec.runtime == "torch.compile" and not spec.qat:
+    else:
+        config = spec.config()
+        data = ctx.task.calibration_loader(batches=spec.calibration.batches) if spec.needs_data() else None
+        result = quantize_(ctx.model, config, data, qat=spec.qat, loss=ctx.task.loss)
+        ctx.note(
+            **result.notes(), **({"qat": "fake-quant inserted; convert after training"} if spec.qat else {})
+        )
+        if spec.qat:  # fake-quant layers train next; the convert stage chooses where they run
+            ctx.runtime = "torch" if spec.runtime == "auto" else spec.runtime
+            return
+    deploy(ctx, spec.runtime)
+
+
+def deploy(ctx: Any, runtime: str) -> None:
+    """Set where this and later stages run (the pipeline also times the baseline there, like with like);
+    `auto` measures the installed runtimes on the example inputs and takes the fastest."""
+    if runtime == "auto":
+        from torchslim.metrics.deploy import choose_runtime
+
+        choice = choose_runtime(ctx.model, ctx.teacher, ctx.task.example_inputs)
+        ctx.note(**choice.notes())
+        runtime = choice.runtime
+    ctx.runtime = runtime
+    if runtime == "torch.compile":
         ctx.note(**torchao_notes(ctx.model))
 
 

@@ -1,0 +1,88 @@
+"""Runtime choice on fixed-cost stand-ins: a deterministic timer, so the rule is what is tested."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.metrics import deploy
+from torchslim.quant.modules import QuantModule
+
+# ms per (is the model quantized, runtime): eager dequantizes int8 on the fly (slower than fp32),
+# onnxruntime runs integer kernels (faster), as measured on lenet5-digits (0.65x and 1.6x).
+FIXED_COST = {
+    (False, "torch"): 1.0,
+    (True, "torch"): 1.6,
+    (False, "onnxruntime"): 0.8,
+    (True, "onnxruntime"): 0.5,
+}
+
+
+def quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantModule) for m in model.modules())
+
+
+def timer_from(costs: dict[tuple[bool, str], float]) -> deploy.Timer:
+    def timer(entries: Sequence[tuple[nn.Module, str]], example_inputs: Any) -> list[float]:
+        return [costs[(quantized(m), rt)] for m, rt in entries]
+
+    return timer
+
+
+def pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(4, 8)
+    ts.quantize_(model, ts.QuantConfig(bits=8, activations="static"), [x])
+    return model, base, x
+
+
+def test_an_int8_model_goes_where_it_is_not_slower_than_fp32() -> None:
+    model, base, x = pair()
+    choice = deploy.choose_runtime(
+        model, base, x, runtimes=["torch", "onnxruntime"], timer=timer_from(FIXED_COST)
+    )
+    assert choice.runtime == "onnxruntime"
+    assert choice.model_ms[choice.runtime] <= choice.baseline_ms[choice.runtime]
+    assert choice.notes()["runtime_candidates"]["torch"] == {"model_ms": 1.6, "baseline_ms": 1.0}
+
+
+def test_the_fastest_runtime_loses_to_one_where_compression_pays() -> None:
+    model, base, x = pair()
+    costs = {(False, "torch.compile"): 0.2, (True, "torch.compile"): 0.3} | FIXED_COST
+    choice = deploy.choose_runtime(
+        model, base, x, runtimes=["torch", "torch.compile", "onnxruntime"], timer=timer_from(costs)
+    )
+    assert choice.runtime == "onnxruntime"  # 0.5 ms, not slower than fp32 there; compile's 0.3 is slower
+
+
+def test_slower_everywhere_takes_the_fastest_and_a_failing_runtime_is_skipped() -> None:
+    model, base, x = pair()
+    costs = {(False, "torch"): 1.0, (True, "torch"): 1.2}
+
+    def timer(entries: Sequence[tuple[nn.Module, str]], example_inputs: Any) -> list[float]:
+        if entries[0][1] == "onnxruntime":
+            raise RuntimeError("export failed")
+        return timer_from(costs)(entries, example_inputs)
+
+    choice = deploy.choose_runtime(model, base, x, runtimes=["torch", "onnxruntime"], timer=timer)
+    assert choice.runtime == "torch" and choice.skipped == {"onnxruntime": "RuntimeError: export failed"}
+
+
+def test_torch_compile_is_a_candidate_only_with_layers_torchao_lowers() -> None:
+    names, skipped = deploy.candidates(nn.Sequential(nn.Linear(4, 4)))
+    assert names[0] == "torch" and "torch.compile" in skipped and "torch.compile" not in names
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_the_real_timer_times_both_models(runtime: str) -> None:
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    model, base, x = pair()
+    choice = deploy.choose_runtime(model, base, x, runtimes=[runtime])
+    assert choice.runtime == runtime and choice.model_ms[runtime] > 0 and choice.baseline_ms[runtime] > 0

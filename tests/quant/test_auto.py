@@ -1,0 +1,93 @@
+"""The `auto` defaults: GPTQ at 4 bits and below when data is given; smoothing where it measures better."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.errors import UserError
+from torchslim.quant import auto
+
+
+def _linear_and_inputs(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:
+    torch.manual_seed(seed)
+    x = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs: where GPTQ helps
+    return nn.Sequential(nn.Linear(64, 64)), x
+
+
+def _error(config: ts.QuantConfig, data: list | None, **options: object) -> tuple[float, dict]:
+    model, x = _linear_and_inputs()
+    ref = model(x).detach()
+    result = ts.quantize_(model, config, data, **options)
+    with torch.no_grad():
+        return float((model(x) - ref).pow(2).mean()), result.notes()
+
+
+@pytest.mark.parametrize(
+    ("method", "bits", "has_data", "expected"),
+    [
+        ("auto", 4, True, "gptq"),
+        ("auto", 3, True, "gptq"),
+        ("auto", 8, True, "nearest"),
+        ("auto", 4, False, "nearest"),
+        ("rtn", 4, True, "nearest"),
+        ("gptq", 8, True, "gptq"),
+    ],
+)
+def test_rounding_for(method: str, bits: int, has_data: bool, expected: str) -> None:
+    config = ts.QuantConfig(bits=bits, method=method)  # type: ignore[arg-type]
+    assert auto.rounding_for(config, bits, has_data) == expected
+
+
+def test_default_4_bit_with_data_is_gptq_and_beats_round_to_nearest() -> None:
+    _, x = _linear_and_inputs()
+    config = ts.QuantConfig(bits=4, weights="per_group", group_size=16)
+    default, notes = _error(config, [x])
+    rtn, rtn_notes = _error(config.replace(method="rtn"), [x])
+    assert notes["linear_rounding"] == {"gptq": 1} and rtn_notes["linear_rounding"] == {"nearest": 1}
+    assert default < 0.8 * rtn
+    no_data, no_data_notes = _error(config, None)  # nothing to compensate with: plain rounding, no error
+    assert no_data_notes["linear_rounding"] == {"nearest": 1} and no_data == pytest.approx(rtn)
+
+
+def test_rounding_keyword_is_the_old_name_of_method() -> None:
+    _, x = _linear_and_inputs()
+    config = ts.QuantConfig(bits=4, weights="per_group", group_size=16)
+    assert _error(config, [x], rounding="nearest")[1]["linear_rounding"] == {"nearest": 1}
+    with pytest.raises(UserError, match="rounding"):
+        _error(config, [x], rounding="stochastic")
+    with pytest.raises(UserError, match="gptq need calibration data"):
+        _error(config.replace(method="gptq"), None)
+
+
+def _outliers(scale: float) -> tuple[nn.Sequential, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    x[:, 3] *= scale  # one outlier channel, as after LayerNorm in BERT
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)), x
+
+
+def test_dynamic_int8_smooths_outliers_when_that_measures_better() -> None:
+    model, x = _outliers(60.0)
+    result = ts.quantize_(model, ts.QuantConfig(activations="dynamic"), [x])
+    errors = result.chosen["smoothing_output_error"]
+    assert set(errors) == {str(a) for a in auto.SMOOTHING_CHOICES}
+    assert result.chosen["smoothing"] > 0 and errors[str(result.chosen["smoothing"])] < 0.5 * errors["0.0"]
+    assert result.quantized["0"]["smooth"] is True
+
+
+def test_smoothing_auto_is_off_without_data_and_for_static_activations() -> None:
+    model, x = _outliers(60.0)
+    result = ts.quantize_(model, ts.QuantConfig(activations="dynamic"))
+    assert "smoothing" not in result.chosen and result.quantized["0"]["smooth"] is False
+    model, x = _outliers(60.0)
+    result = ts.quantize_(model, ts.QuantConfig(activations="static"), [x])
+    assert "smoothing" not in result.chosen and result.quantized["0"]["smooth"] is False
+
+
+def test_quant_config_checks_method_and_smoothing() -> None:
+    with pytest.raises(UserError, match="method"):
+        ts.QuantConfig(method="awq")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="smoothing"):
+        ts.QuantConfig(smoothing=1.5)
+    assert ts.QuantConfig.from_dict(ts.QuantConfig(smoothing=0.5).to_dict()).smoothing == 0.5

@@ -1,0 +1,53 @@
+"""A default run deploys its final model where it is fastest and reports the like-with-like speedup."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+import torchslim as ts
+from torchslim import pipeline
+from torchslim.metrics import deploy
+from torchslim.quant.modules import QuantModule
+
+# fixed costs (ms) per (quantized, runtime): int8 is slower than fp32 in eager PyTorch, faster in onnxruntime
+COSTS = {(False, "torch"): 1.0, (True, "torch"): 1.6, (False, "onnxruntime"): 0.8, (True, "onnxruntime"): 0.5}
+
+
+def fake_latency(entries: Sequence[tuple[Any, str]], example_inputs: Any, **kwargs: Any) -> list[float]:
+    quantized = [any(isinstance(m, QuantModule) for m in model.modules()) for model, _ in entries]
+    return [COSTS[(q, rt)] for q, (_, rt) in zip(quantized, entries, strict=True)]
+
+
+def test_a_default_int8_run_is_not_slower_than_fp32_in_its_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setattr(deploy, "default_timer", fake_latency)
+    monkeypatch.setattr(pipeline, "paired_latency", fake_latency)
+    recipe = {
+        "model": "zoo:tiny-digits",
+        "stages": [{"quantize": {"bits": 8, "weights": "per_channel", "activations": "static"}}],
+    }
+    report = ts.run_recipe(recipe, tmp_path / "run")
+    final = report["stages"][-1]
+    assert final["runtime_chosen"] == "onnxruntime" == report["runtime"]
+    assert report["speedup_same_runtime"] == pytest.approx(0.8 / 0.5) and report["speedup_same_runtime"] >= 1
+    assert list(report).index("speedup_same_runtime") < list(report).index("speedup")
+
+
+def test_the_final_model_of_a_pruning_run_has_no_masks_left(tmp_path: Path) -> None:
+    recipe = {"model": "zoo:tiny-digits", "stages": [{"prune": {"kind": "unstructured", "sparsity": 0.5}}]}
+    report = ts.run_recipe(recipe, tmp_path / "run")
+    loaded = ts.load(tmp_path / "run" / "model")
+    assert not any(parametrize.is_parametrized(m) for m in loaded.modules())
+    assert report["stages"][-1]["masks_folded"] is True
+    weights = [m.weight for m in loaded.modules() if isinstance(m, nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.45  # the zeros stay: folded into the weights
+    same_runtime = report["speedup_same_runtime"]
+    assert same_runtime == report["speedup"]  # both timed in eager PyTorch
