@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from torchslim import bounded
 from torchslim.errors import ManifestError
 from torchslim.registry import Registry
 
@@ -188,25 +188,13 @@ SOURCE_PARAMS.register("keras", FileSource)
 
 
 # -- parsing ------------------------------------------------------------------------------------
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def nesting_depth(text: str) -> int:
-    """Deepest bracket nesting of a JSON text, strings ignored (no recursion, so no RecursionError)."""
-    depth = deepest = 0
-    for char in re.sub(r"[^\[\]{}]", "", _STRING.sub("", text)):
-        depth += 1 if char in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
 def parse_json(data: bytes, where: str, max_depth: int = MAX_DEPTH) -> Any:
     """`json.loads` of untrusted bytes with the size and depth limited first."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{where}: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
     try:
         text = data.decode("utf-8")
-        if nesting_depth(text) > max_depth:
+        if bounded.json_depth(text) > max_depth:
             raise ManifestError(f"{where}: nested deeper than {max_depth} levels")
         return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
