@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from tiny_hf import bert, gpt2, llama, vit
 from torchslim import zoo
 from torchslim.data import main_output
 from torchslim.distill.losses import SOFT_LOSSES
@@ -28,49 +29,6 @@ transformers = pytest.importorskip("transformers")
 
 TOKENS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    return transformers.BertModel(config)
-
-
-def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)
-    return transformers.GPT2LMHeadModel(config)
-
-
-def llama() -> nn.Module:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: 2 query heads per kv head
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-def vit() -> nn.Module:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-    )
-    return transformers.ViTForImageClassification(config)
 
 
 # builder, inputs, what BERT/GPT-2 must leave whole (their configs tie head size to hidden size),

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tiny_hf
+
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -181,20 +183,6 @@ def _hf(kind: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _llama(t: Any) -> nn.Module:
-    cfg = t.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        use_cache=False,
-    )
-    return t.LlamaForCausalLM(cfg)
-
-
 HF_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
     "hf-resnet": lambda t: t.ResNetForImageClassification(
         t.ResNetConfig(
@@ -214,31 +202,10 @@ HF_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
             num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=10, tf_padding=False
         )
     ),
-    "hf-vit": lambda t: t.ViTForImageClassification(
-        t.ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            num_labels=10,
-        )
-    ),
-    "hf-bert": lambda t: t.BertModel(
-        t.BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=32,
-        )
-    ),
-    "hf-gpt2": lambda t: t.GPT2LMHeadModel(
-        t.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, use_cache=False)
-    ),
-    "hf-llama": _llama,
+    "hf-vit": lambda t: tiny_hf.vit(),
+    "hf-bert": lambda t: tiny_hf.bert(),
+    "hf-gpt2": lambda t: tiny_hf.gpt2(use_cache=False),
+    "hf-llama": lambda t: tiny_hf.llama(use_cache=False),
 }
 
 IMAGE = torch.randn(2, 3, 32, 32)
