@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim import atomic, bounded, interop, io, runslot
+from torchslim import atomic, bounded, interop, io, runslot, trust
 from torchslim.distill import distributed
 from torchslim.errors import UserError
 from torchslim.metrics import layer_table, measure, paired_latency
@@ -29,7 +29,6 @@ from torchslim.recipe import STAGES, Recipe, load_recipe, parse_recipe
 from torchslim.report import build_report, write_report
 from torchslim.resolve import check_fits, resolve_model, resolve_task
 from torchslim.tasks.protocol import Task
-from torchslim.trust import ALL
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -77,13 +76,6 @@ def _own_factories(model: nn.Module) -> list[str]:
     return [str(source["target"])] if source.get("kind") == "factory" else []
 
 
-def _trusted(trust_code: io.Trust) -> list[str]:
-    """The run's `trust_code` as `io.trusting` entries (a teacher directory loads under it too)."""
-    if isinstance(trust_code, bool):
-        return [ALL] if trust_code else []
-    return [trust_code] if isinstance(trust_code, str) else list(trust_code)
-
-
 def run_recipe(
     recipe: str | os.PathLike[str] | dict[str, Any] | Recipe,
     out: str | os.PathLike[str] | None = None,
@@ -116,7 +108,7 @@ def run_recipe(
     with runslot.claim(out, rank) as slot:
         _check_out(out, overwrite)  # again under the lock: a run may have finished meanwhile
         work = slot.work_dir(recipe.to_dict(), resume)
-        with io.trusting([*_own_factories(model), *_trusted(trust_code)]):
+        with io.trusting([*_own_factories(model), *trust.entries(trust_code)]):
             report = _run(recipe, model, task, work, reporter or Reporter())
         distributed.barrier()
         if rank == 0:

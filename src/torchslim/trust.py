@@ -35,12 +35,16 @@ def trusting(targets: Sequence[str]) -> Iterator[None]:
         _run_trust.reset(token)
 
 
+def entries(trust: Trust) -> tuple[str, ...]:
+    """`trust_code` as `trusting` entries: True is `ALL`, False none, a string or list its prefixes."""
+    if isinstance(trust, bool):
+        return (ALL,) if trust else ()
+    return (trust,) if isinstance(trust, str) else tuple(trust)
+
+
 def is_trusted(target: str, trust: Trust) -> bool:
     """Whether `trust_code` (or the enclosing `trusting` context) covers the factory `module:function`."""
-    if trust is True:
-        return True
-    prefixes = () if trust is False else (trust,) if isinstance(trust, str) else tuple(trust)
-    prefixes = (*prefixes, *_run_trust.get())
+    prefixes = (*entries(trust), *_run_trust.get())
     if ALL in prefixes:
         return True
     module = target.partition(":")[0]
