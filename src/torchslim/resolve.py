@@ -20,6 +20,7 @@ from torchslim import bounded, interop, io, zoo
 from torchslim.data import call
 from torchslim.errors import UserError
 from torchslim.tasks.protocol import Task
+from torchslim.tasks.resolve import resolve_task
 
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -81,13 +82,6 @@ def call_without_arguments(target: str, what: str) -> Any:
     elif not isinstance(factory, type):
         raise UserError(f"{what} {target!r}: cannot tell what arguments it takes; wrap it in a function")
     return factory()
-
-
-def resolve_task(recipe_task: str | dict[str, Any] | None, model: nn.Module) -> Task:
-    """The recipe's task (see `torchslim.tasks.resolve`); the model's zoo task when None."""
-    from torchslim.tasks.resolve import resolve_task as resolve
-
-    return resolve(recipe_task, model)
 
 
 def check_fits(model: nn.Module, task: Task, name: str = "model") -> None:
