@@ -27,6 +27,7 @@ from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics import count_macs, measure_latency
 from torchslim.prune.channel import dependency_graph, prune_channels_
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # tiny_hf, which the nets use
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "prune"))
 from test_channel_nets import NETS, ResNet, build
 

@@ -14,8 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import tiny_hf
-
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -183,6 +181,13 @@ def _hf(kind: str) -> Callable[[], nn.Module]:
     return build
 
 
+def _tiny(name: str, **overrides: Any) -> nn.Module:
+    # imported here: a fresh process importing this module to load a saved ResNet lacks tests/ on its path
+    import tiny_hf
+
+    return getattr(tiny_hf, name)(**overrides)
+
+
 HF_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
     "hf-resnet": lambda t: t.ResNetForImageClassification(
         t.ResNetConfig(
@@ -202,10 +207,10 @@ HF_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
             num_channels=3, image_size=32, depth_multiplier=0.25, num_labels=10, tf_padding=False
         )
     ),
-    "hf-vit": lambda t: tiny_hf.vit(),
-    "hf-bert": lambda t: tiny_hf.bert(),
-    "hf-gpt2": lambda t: tiny_hf.gpt2(use_cache=False),
-    "hf-llama": lambda t: tiny_hf.llama(use_cache=False),
+    "hf-vit": lambda t: _tiny("vit"),
+    "hf-bert": lambda t: _tiny("bert"),
+    "hf-gpt2": lambda t: _tiny("gpt2", use_cache=False),
+    "hf-llama": lambda t: _tiny("llama", use_cache=False),
 }
 
 IMAGE = torch.randn(2, 3, 32, 32)
