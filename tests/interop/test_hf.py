@@ -156,9 +156,7 @@ def test_prune_distill_quantize_hf_round_trip(name: str, tmp_path: Path) -> None
     before = gap(student, teacher, x, kind)
     assert len(distill(student, teacher, x, kind)) == 4
     assert gap(student, teacher, x, kind) < 0.8 * before
-    # transformers' ViT reads `projection.weight.dtype`, which a quantized conv does not have
-    skip = ("*.patch_embeddings.projection",) if name == "vit" else ()
-    ts.quantize_(student, ts.QuantConfig(bits=8, weights="per_channel", activations=None, exclude=skip))
+    ts.quantize_(student, ts.QuantConfig(bits=8, weights="per_channel", activations=None))
     ts.save(student, tmp_path / "ts")
     assert torch.allclose(out(ts.load(tmp_path / "ts"), x), out(student, x), atol=1e-6)
     path = EXPORTERS.get("hf")(student, x, tmp_path)
@@ -269,7 +267,7 @@ def test_recipe_on_hf_checkpoint_writes_hf_output(tmp_path: Path) -> None:
         "stages": [
             {"prune": {"kind": "channel", "ratio": 0.5}},
             {"finetune": {"epochs": 1}},
-            {"quantize": {"bits": 8, "weights": "per_channel", "exclude": ["*.patch_embeddings.projection"]}},
+            {"quantize": {"bits": 8, "weights": "per_channel"}},
         ],
         "output": {"formats": ["torchslim", "hf"]},
     }

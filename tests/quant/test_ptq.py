@@ -125,7 +125,7 @@ def test_embedding_int4_gather_matches_full_table(tmp_path) -> None:
     ts.io.set_source(model, "factory", target="torch.nn:Identity")  # only the record is needed here
     ts.quantize_(model, ts.QuantConfig(bits=4, weights="per_group", group_size=16))
     ids = torch.randint(0, 100, (3, 7))
-    full = model[0].weight()[ids]
+    full = model[0].weight[ids]
     assert torch.equal(model(ids), full)  # gathering packed rows == indexing the dequantized table
     assert model[0].qweight.numel() == 100 * 32 // 2
 
@@ -147,3 +147,21 @@ def test_reduce_range_default_and_round_trip(tiny_task: Task, tmp_path, config, 
     ts.save(model, tmp_path / "m")
     loaded = ts.load(tmp_path / "m")
     assert loaded.fc1.spec.qmax == qmax and torch.equal(loaded.fc1.int_weight(), q)
+
+
+@pytest.mark.parametrize("kind", ["int", "codebook"])
+def test_quantized_layers_keep_the_float_layers_attributes(kind: str) -> None:
+    """`weight` is a tensor attribute (dequantized) and the size attributes stay: code written for the
+    float layers (transformers reads `layer.weight.dtype`, `linear.out_features`) runs on them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 6), nn.Conv1d(6, 4, 3))
+    floats = [m.weight.detach().clone() for m in model]
+    ts.quantize_(model, ts.QuantConfig(kind=kind, bits=8, weights="per_channel", activations=None))
+    sizes = [("num_embeddings", 10, "embedding_dim", 8), ("in_features", 8, "out_features", 6)]
+    sizes.append(("in_channels", 6, "out_channels", 4))
+    for layer, (a, va, b, vb), ref in zip(model, sizes, floats, strict=True):
+        assert not isinstance(layer, (nn.Embedding, nn.Linear, nn.Conv1d))  # replaced
+        assert (getattr(layer, a), getattr(layer, b)) == (va, vb)
+        w = layer.weight.detach()
+        assert isinstance(w, torch.Tensor) and w.dtype == torch.float32 and w.shape == ref.shape
+        assert 0 < float((w - ref).abs().max()) < 0.02 * float(ref.abs().max())  # on the grid, near

@@ -99,7 +99,7 @@ def test_qat_keeps_pruned_weights_zero(tiny_task: Task, tmp_path) -> None:
     pruned = ~model.fc1.layer.parametrizations.weight[0].mask
     assert float(pruned.float().mean()) == pytest.approx(0.8, abs=0.01)
     convert_(loaded)
-    assert bool((loaded.fc1.weight()[pruned] == 0).all())
+    assert bool((loaded.fc1.weight[pruned] == 0).all())
 
 
 def test_recipe_qat_then_convert(tmp_path) -> None:

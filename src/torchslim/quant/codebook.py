@@ -28,7 +28,7 @@ from torchslim.config import QuantConfig
 from torchslim.errors import ManifestError, UserError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
 from torchslim.quant import ptq
-from torchslim.quant.geometry import Geometry, geometry_of
+from torchslim.quant.geometry import Geometry, copy_sizes, geometry_of
 from torchslim.quant.primitives import check_bits, pack, packed_numel, unpack
 from torchslim.quant.ptq import QuantResult
 
@@ -87,6 +87,7 @@ class CodebookModule(nn.Module):
         assert isinstance(weight, torch.Tensor)
         self.bits, self.has_zero, self.weight_shape = bits, has_zero, torch.Size(weight.shape)
         self.geometry: Geometry = geometry_of(layer)
+        copy_sizes(layer, self)
         self.centroids = nn.Parameter(torch.zeros(2**bits))
         bias = getattr(layer, "bias", None)
         self.bias = nn.Parameter(bias.detach().clone()) if isinstance(bias, torch.Tensor) else None
@@ -111,16 +112,18 @@ class CodebookModule(nn.Module):
         self.index = unpack(self.packed, self.bits, 0, self.weight_shape).to(torch.int64)
         self.export_constants = {}
 
+    @property
     def weight(self) -> torch.Tensor:
+        """The looked-up weight, an attribute like the float layer's (`.dtype`, `.shape` work)."""
         return (self.centroids * self.free)[self.index]
 
     def effective_weights(self) -> list[tuple[str, torch.Tensor]]:
-        return [("weight", self.weight())] + ([("bias", self.bias)] if self.bias is not None else [])
+        return [("weight", self.weight)] + ([("bias", self.bias)] if self.bias is not None else [])
 
     def train(self, mode: bool = True) -> CodebookModule:
         super().train(mode)
         if not mode:  # the exporter must see the weight as a constant, not trace the lookup
-            self.export_constants = {"weight": self.weight().detach().clone()}
+            self.export_constants = {"weight": self.weight.detach().clone()}
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +132,7 @@ class CodebookModule(nn.Module):
             # eval-mode inference: the looked-up weight is a constant (the lookup each call made the
             # demo's codebook LeNet 0.8x the speed of fp32); training and eval with gradients look up
             return self.geometry(x, cached, self.bias)
-        return self.geometry(x, self.weight(), self.bias)
+        return self.geometry(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight_shape)}, bits={self.bits}, zero_centroid={self.has_zero}"

@@ -47,6 +47,25 @@ def kind_of(mod: nn.Module) -> str | None:
     return next((c.__name__ for c in type(mod).__mro__ if c.__name__ in OPS), None)
 
 
+SIZES = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "num_embeddings",
+    "embedding_dim",
+)
+"""The float layer's size attributes a replacement keeps, so code that reads them (transformers' block
+code, `prune.heads` sizing a quantized block) works on the quantized layer as on the float one."""
+
+
+def copy_sizes(src: nn.Module, dst: nn.Module) -> None:
+    for name in SIZES:
+        if hasattr(src, name):
+            setattr(dst, name, getattr(src, name))
+
+
 def geometry_of(mod: nn.Module) -> Geometry:
     kind = kind_of(mod)
     if kind is None:

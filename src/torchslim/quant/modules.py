@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.quant.geometry import copy_sizes
 from torchslim.quant.primitives import (
     WeightSpec,
     dequantize_weight,
@@ -96,11 +97,14 @@ class QuantModule(nn.Module):
     def int_weight(self) -> torch.Tensor:
         return unpack(self.qweight, self.spec.bits, self.spec.qmin, self.weight_shape)
 
+    @property
     def weight(self) -> torch.Tensor:
+        """The dequantized weight, an attribute like the float layer's: code written for that layer
+        (transformers reads `projection.weight.dtype`, `.shape`, `.device`) keeps working."""
         return dequantize_weight(self.int_weight(), self.w_scale, self._zero(), self.spec)
 
     def effective_weights(self) -> list[tuple[str, torch.Tensor]]:
-        out = [("weight", self.weight())]
+        out = [("weight", self.weight)]
         return out + ([("bias", self.bias)] if self.bias is not None else [])
 
     # -- activations ----------------------------------------------------------------------------
@@ -127,7 +131,7 @@ class QuantModule(nn.Module):
             return export_forward(self, x)
         if hasattr(self, "smooth"):
             x = x / self.smooth
-        return self._fq(self.op(self._fq(x, "in"), self.weight()), "out")
+        return self._fq(self.op(self._fq(x, "in"), self.weight), "out")
 
     def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -147,7 +151,7 @@ class QuantLinear(QuantModule):
         self, float_mod: nn.Linear, spec: WeightSpec, activations: str | None, smooth: bool = False
     ) -> None:
         super().__init__(tuple(float_mod.weight.shape), spec, activations, smooth)
-        self.in_features, self.out_features = float_mod.in_features, float_mod.out_features
+        copy_sizes(float_mod, self)
         self.bias = _copy_bias(float_mod)
 
     def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -165,6 +169,7 @@ class QuantConv(QuantModule):
         }
         if float_mod.padding_mode != "zeros" or isinstance(self.conv["padding"], str):
             raise TypeError("only zero padding with explicit sizes is supported")
+        copy_sizes(float_mod, self)
         self.bias = _copy_bias(float_mod)
 
     def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -178,13 +183,14 @@ class QuantEmbedding(QuantModule):
     def __init__(self, float_mod: nn.Embedding, spec: WeightSpec, activations: str | None) -> None:
         super().__init__(tuple(float_mod.weight.shape), spec, None)
         self.padding_idx = float_mod.padding_idx
+        copy_sizes(float_mod, self)
         self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, dim = self.weight_shape
         per = per_byte(self.spec.bits)
         if dim % per or torch.onnx.is_in_onnx_export():
-            return F.embedding(x, self.weight(), self.padding_idx)
+            return F.embedding(x, self.weight, self.padding_idx)
         # gather the packed rows first: dequantizing the whole table per call would dominate latency
         packed = self.qweight.reshape(rows, dim // per)[x.reshape(-1)]
         q = unpack(packed, self.spec.bits, self.spec.qmin, (packed.shape[0], dim))

@@ -24,7 +24,7 @@ from torchslim.errors import UserError
 from torchslim.manifest import TRANSFORM_PARAMS
 from torchslim.quant import ptq
 from torchslim.quant.calibrate import calibrate
-from torchslim.quant.geometry import geometry_of
+from torchslim.quant.geometry import SIZES, geometry_of
 from torchslim.quant.modules import ACT_BITS, ACT_QMAX, ACT_QMIN
 from torchslim.quant.primitives import WeightSpec, fake_quantize, grouped, qparams_from_range, weight_qparams
 from torchslim.quant.ptq import QuantResult
@@ -56,6 +56,16 @@ class FakeQuant(nn.Module):
         scale, zero = weight_qparams(w, self.spec)  # detached: the grid follows w, gradients do not
         q = fake_quantize(grouped(w, self.spec), scale, zero.float(), self.spec.qmin, self.spec.qmax)
         return q.reshape(w.shape)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SIZES:  # the wrapped layer's current sizes (`in_features`, ...), as on the float layer
+            return getattr(self.layer, name)
+        return super().__getattr__(name)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fake-quantized weight, an attribute like the wrapped layer's (`.dtype`, `.shape` work)."""
+        return self.fake_weight()
 
     def effective_weights(self) -> list[tuple[str, torch.Tensor]]:
         bias = self.layer.bias if isinstance(self.layer.bias, torch.Tensor) else None

@@ -43,7 +43,7 @@ def constants(m: QuantModule) -> dict[str, Any]:
     per_row = spec.granularity in ("per_tensor", "per_channel") and spec.bits == 8
     out: dict[str, Any] = {"per_row": per_row}
     if not per_row:
-        out["w_float"] = m.weight().detach().clone()
+        out["w_float"] = m.weight.detach().clone()
         return out
     dtype = torch.int8 if spec.symmetric else torch.uint8
     out["w"] = m.int_weight().to(dtype).clone()
