@@ -9,7 +9,9 @@
   from the pruned config, so a config that cannot describe the pruned shapes is a clear error here,
   not at load time. Quantized layers are written dequantized (float weights on the integer grid; the
   activation quantization is not representable and is dropped): `torchslim.json` in the directory says
-  which. GPT-2's Conv1D layers, linearized for quantization, get their [in, out] layout back.
+  which. GPT-2's Conv1D layers, linearized for quantization, get their [in, out] layout back. The
+  tokenizer and processor files of the checkpoint the model was loaded from are copied beside
+  (`hf_files`; `torchslim.json` lists them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import Field, StringConstraints
 
 from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
+from torchslim.interop import hf_files
 from torchslim.io import set_source
 from torchslim.manifest import SOURCE_PARAMS, Strict
 from torchslim.prune.heads import config_problems
@@ -125,8 +128,11 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
         raise UserError(f"output format 'hf': {problems[0]}")
     fresh, notes = float_copy(model)
     dest = Path(out_dir) / OUTPUT_DIR
+    source = hf_files.source_dir(model)
     with temp_dir_beside(dest) as tmp:
         fresh.save_pretrained(str(tmp))
+        if source is not None:
+            notes["tokenizer_files"] = hf_files.copy_files(source, tmp)
         if notes:
             (tmp / NOTES).write_text(json.dumps(notes, indent=1))
         replace_dir(tmp, dest)
