@@ -30,7 +30,7 @@ from torchslim.errors import ManifestError, UserError
 from torchslim.interop import hf_files
 from torchslim.io import set_source
 from torchslim.manifest import SOURCE_PARAMS, Strict
-from torchslim.prune.heads import config_problems
+from torchslim.prune.heads import config_problems, config_sizes
 from torchslim.quant.conv1d import is_conv1d
 
 SOURCE = "hf"
@@ -125,7 +125,7 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
     require_transformers(model)
     problems = config_problems(model)
     if problems:
-        raise UserError(f"output format 'hf': {problems[0]}")
+        raise UserError(f"output format 'hf': {problems[0]}{_why_no_pruned_heads(model)}")
     fresh, notes = float_copy(model)
     dest = Path(out_dir) / OUTPUT_DIR
     source = hf_files.source_dir(model)
@@ -137,6 +137,23 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
             (tmp / NOTES).write_text(json.dumps(notes, indent=1))
         replace_dir(tmp, dest)
     return dest
+
+
+def _why_no_pruned_heads(model: nn.Module) -> str:
+    """transformers 4 recorded removed heads in `config.pruned_heads` (rebuilt by `prune_heads`);
+    transformers 5 dropped both, so BERT's and GPT-2's configs can only hold all heads."""
+    import transformers
+
+    config: Any = model.config
+    cut = any(
+        key.startswith("=") and getattr(config, key[1:], None) != min(values)
+        for key, values in config_sizes(model).items()
+    )
+    if not cut:
+        return ""
+    if hasattr(model, "prune_heads"):
+        return " (the hf output does not write transformers 4's config.pruned_heads)"
+    return f" (transformers {transformers.__version__} has no prune_heads / config.pruned_heads to record it)"
 
 
 def float_copy(model: nn.Module) -> tuple[Any, dict[str, Any]]:
