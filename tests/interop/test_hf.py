@@ -273,6 +273,7 @@ def test_recipe_on_hf_checkpoint_writes_hf_output(tmp_path: Path) -> None:
         zoo.TASKS.register(TinyImages.name, TinyImages)
     model, x = build("vit")
     model.save_pretrained(tmp_path / "ckpt")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "ckpt")
     recipe = {
         "model": f"hf:{tmp_path / 'ckpt'}",
         "task": TinyImages.name,
@@ -289,6 +290,8 @@ def test_recipe_on_hf_checkpoint_writes_hf_output(tmp_path: Path) -> None:
     again = reload(tmp_path / "out" / "hf")
     assert again.config.num_attention_heads == final.config.num_attention_heads == 2
     assert torch.allclose(out(again, x), out(final, x), atol=1e-5)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "out" / "hf")  # copied over
+    assert processor.size == {"height": 32, "width": 32}
 
 
 def test_manifest_fields_of_hf_transforms_are_checked(tmp_path: Path) -> None:
