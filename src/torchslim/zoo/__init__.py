@@ -20,6 +20,7 @@ TASKS: Registry[str | Callable[[], Task]] = Registry("zoo task")
 TASKS.register("lenet5-digits", "torchslim.zoo.lenet:LeNetDigits")
 TASKS.register("mnist1d-cnn", "torchslim.zoo.mnist1d:Mnist1dCNN")
 TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
+TASKS.register("llama-pydocs", "torchslim.zoo.llama_pydocs:LlamaPydocs")
 
 _instances: dict[str, Task] = {}
 
