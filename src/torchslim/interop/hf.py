@@ -11,7 +11,8 @@
   activation quantization is not representable and is dropped): `torchslim.json` in the directory says
   which. GPT-2's Conv1D layers, linearized for quantization, get their [in, out] layout back. The
   tokenizer and processor files of the checkpoint the model was loaded from are copied beside
-  (`hf_files`; `torchslim.json` lists them).
+  (`hf_files`; `torchslim.json` lists them); a zoo model without one gets its task's tokenizer
+  (`hf_causal.write_tokenizer`). `hf:PATH` checkpoints load through `hf_causal.load`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import Field, StringConstraints
 from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
 from torchslim.interop import hf_files
+from torchslim.interop.hf_causal import write_tokenizer
 from torchslim.io import set_source
 from torchslim.manifest import SOURCE_PARAMS, Strict
 from torchslim.prune.heads import config_problems, config_sizes
@@ -96,18 +98,10 @@ def is_transformers_class(cls: type) -> bool:
 
 
 def load_pretrained(path: str | Path) -> nn.Module:
-    """`model: hf:PATH`: a local `save_pretrained` directory, as the class its config names."""
-    import transformers
+    """`model: hf:PATH`: a local checkpoint directory, as the class its config names (`hf_causal.load`)."""
+    from torchslim.interop import hf_causal
 
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"model 'hf:{path}': no config.json there (not a save_pretrained directory)")
-    names = json.loads(config_file.read_text()).get("architectures") or []
-    cls = getattr(transformers, names[0], None) if names else transformers.AutoModel
-    if cls is None:
-        raise UserError(f"model 'hf:{path}': transformers has no class {names[0]!r} (config architectures)")
-    model = cls.from_pretrained(str(path)).eval()
+    model = hf_causal.load(Path(path))
     record_source(model)
     return model
 
@@ -133,6 +127,8 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
         fresh.save_pretrained(str(tmp))
         if source is not None:
             notes["tokenizer_files"] = hf_files.copy_files(source, tmp)
+        else:
+            write_tokenizer(model, tmp)
         if notes:
             (tmp / NOTES).write_text(json.dumps(notes, indent=1))
         replace_dir(tmp, dest)

@@ -1,0 +1,146 @@
+"""Hugging Face checkpoints in and out, with what causal language models need.
+
+In (`model: hf:PATH`): a local directory holding `config.json` and safetensors weights, one file or
+shards with `model.safetensors.index.json`. Only transformers' own code runs: a config that asks for
+remote code (`auto_map`) is refused, as are pickled weights (`pytorch_model.bin`) and anything that
+would reach the hub. The class is the config's `architectures[0]`; without one, a causal LM for a
+`model_type` transformers knows (else the bare `AutoModel`). Weights load as float32, the type every
+method here computes in on CPU.
+
+Out (format `hf`): after `save_pretrained`, the tokenizer goes along: the zoo task's own tokenizer for
+a zoo model (`llama-pydocs`), else the tokenizer files of the directory the model was loaded from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.errors import UserError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+MAX_CONFIG_BYTES = 1_000_000
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """`config.json` of a checkpoint directory, with every refusal as a UserError naming the fix."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"model 'hf:{path}': no config.json there (not a save_pretrained directory)")
+    if config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"model 'hf:{path}': config.json is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"model 'hf:{path}': config.json is not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"model 'hf:{path}': config.json is not a JSON object")
+    if config.get("auto_map"):
+        raise UserError(
+            f"model 'hf:{path}': its config asks for custom code (auto_map); torchslim runs only "
+            "transformers' own model classes (no trust_remote_code)"
+        )
+    return config
+
+
+def check_weights(path: Path) -> None:
+    """Safetensors weights present (one file or an index of shards); pickled-only checkpoints refused."""
+    if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
+        return
+    pickled = [name for name in PICKLED if (path / name).exists()]
+    if pickled:
+        raise UserError(
+            f"model 'hf:{path}': only {pickled[0]} (pickle) is there; torchslim reads safetensors only. "
+            "Convert it once where you trust the file: model.save_pretrained(dir, safe_serialization=True)"
+        )
+    raise UserError(f"model 'hf:{path}': no model.safetensors or model.safetensors.index.json there")
+
+
+def model_class(path: Path, config: dict[str, Any]) -> Any:
+    """The transformers class that `config` names, or the Auto class its `model_type` maps to."""
+    import transformers
+
+    names = config.get("architectures") or []
+    if names:
+        cls = getattr(transformers, str(names[0]), None)
+        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+            raise UserError(
+                f"model 'hf:{path}': transformers {transformers.__version__} has no class {names[0]!r} "
+                "(config architectures)"
+            )
+        return cls
+    model_type = config.get("model_type")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return transformers.AutoModelForCausalLM
+    if model_type in MODEL_MAPPING_NAMES:
+        return transformers.AutoModel
+    raise UserError(
+        f"model 'hf:{path}': config.json names no architectures and model_type {model_type!r} is not one "
+        f"transformers {transformers.__version__} knows"
+    )
+
+
+def load(path: Path) -> nn.Module:
+    """The checkpoint as its transformers class, in eval mode (see the module docstring)."""
+    config = read_config(path)
+    check_weights(path)
+    cls = model_class(path, config)
+    try:
+        model = cls.from_pretrained(
+            str(path),
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=torch.float32,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"model 'hf:{path}': transformers could not load it ({exc})") from None
+    return model.eval()
+
+
+# -- out ------------------------------------------------------------------------------------------
+def tokenizer_source(model: nn.Module) -> Any:
+    """What to write the tokenizer from: a tokenizer object (zoo task), a directory, or None."""
+    from torchslim import io, zoo
+
+    source = io.record_of(model).source or {}
+    if source.get("kind") == "zoo" and source.get("name") in zoo.TASKS:
+        tokenizer = getattr(zoo.get(source["name"]), "tokenizer", None)
+        if hasattr(tokenizer, "save_pretrained"):
+            return tokenizer
+    origin = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if origin and Path(origin).is_dir() and any((Path(origin) / f).is_file() for f in TOKENIZER_FILES):
+        return Path(origin)
+    return None
+
+
+def write_tokenizer(model: nn.Module, dest: Path) -> list[str]:
+    """Write the model's tokenizer into `dest` (see `tokenizer_source`); the names of the files written."""
+    source = tokenizer_source(model)
+    if source is None:
+        return []
+    if isinstance(source, Path):
+        names = [f for f in TOKENIZER_FILES if (source / f).is_file()]
+        for name in names:
+            shutil.copyfile(source / name, dest / name)
+        return names
+    before = set(p.name for p in dest.iterdir())
+    source.save_pretrained(str(dest))
+    return sorted(set(p.name for p in dest.iterdir()) - before)
