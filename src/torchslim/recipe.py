@@ -89,7 +89,8 @@ class RecipeHead(BaseModel):
     """`zoo:NAME`, `package.module:factory`, a saved model directory, a `.onnx` file, or `hf:DIR`."""
     task: str | dict[str, Any] | None = None
     """A registered task name, `package.module:factory` (returns a `ts.Task`), or a data mapping
-    (`torchslim.tasks.spec.DataTaskSpec`); defaults to the model's own zoo task."""
+    (`torchslim.tasks.spec.DataTaskSpec`; `TextTaskSpec` for `{text: GLOB, tokenizer: DIR}`); defaults
+    to the model's own zoo task."""
     seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed for every stage's randomness (0 to 2**32 - 1, the range NumPy accepts too)."""
     stages: list[Any] = Field(default_factory=list)
@@ -192,12 +193,13 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", node: yaml.Node | None 
 
 def _parse_task(raw: dict[str, Any], errors: list[tuple[Loc, str]]) -> dict[str, Any]:
     """A data mapping, validated here so its errors carry the key and line like the rest."""
-    from torchslim.tasks.spec import DataTaskSpec
+    from torchslim.tasks.spec import spec_class
 
+    schema = spec_class(raw)
     try:
-        return DataTaskSpec.model_validate(raw).model_dump(mode="json", exclude_defaults=True)
+        return schema.model_validate(raw).model_dump(mode="json", exclude_defaults=True)
     except ValidationError as exc:
-        errors += [(("task", *e["loc"]), _message(e, DataTaskSpec)) for e in exc.errors()]
+        errors += [(("task", *e["loc"]), _message(e, schema)) for e in exc.errors()]
         return raw
 
 

@@ -28,7 +28,7 @@ def logits(model: nn.Module, x: torch.Tensor = TOKENS) -> torch.Tensor:
 
 
 def tiny_tokenizer() -> object:
-    """A 64-entry byte-level BPE (the tiny models' vocabulary size), trained on a few strings."""
+    """A byte-level BPE trained on a few strings (its ids are not run through the tiny model)."""
     from torchslim.zoo.text.tokenizer import train, wrap
 
     return wrap(train(["Return the sum of a and b.", "Open the file and read it."] * 4, 64))

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.data import call
+from torchslim.errors import UserError
 from torchslim.tasks.metrics import logits_of
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -70,9 +71,23 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return logits_of(call(model, kwargs))
 
 
+def check_vocabulary(model: nn.Module, chunks: list[torch.Tensor]) -> None:
+    """A UserError when the token ids do not fit the model's input embedding (another tokenizer's)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    rows = getattr(embedding, "num_embeddings", None)
+    top = max((int(c.max()) for c in chunks if len(c)), default=-1)
+    if isinstance(rows, int) and top >= rows:
+        raise UserError(
+            f"token id {top} does not fit the model's {rows}-entry vocabulary: the task's tokenizer is "
+            "not the model's (use the tokenizer the model was trained with)"
+        )
+
+
 def nll(model: nn.Module, chunks: list[torch.Tensor], batch_size: int = 16) -> tuple[float, int]:
     """(summed negative log-likelihood in nats, number of predicted tokens) over the windows, in eval
     mode without gradients (the model's mode is restored). Windows of equal length are batched."""
+    check_vocabulary(model, chunks)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

@@ -4,6 +4,7 @@
     task: {data: {train: train.csv, test: test.csv}, target: label, metric: mse}
     task: {data: images/, image_size: 32, metric: f1}
     task: {data: ds_dir/, text: sentence, tokenizer: tok_dir/, metric: accuracy}
+    task: {text: "docs/*.txt", tokenizer: tok_dir/, metric: perplexity}   (`torchslim.tasks.text`)
 
 Paths are relative to the working directory. Validation errors name the key and line like the rest of
 the recipe (`recipe.parse_recipe` validates the mapping with `DataTaskSpec`).
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from torchslim.errors import UserError
 from torchslim.tasks.metrics import METRICS
+from torchslim.tasks.protocol import Task
 from torchslim.tasks.readers import READERS, Raw, describe, guess_format
 from torchslim.tasks.tensors import Defaults, Split, TensorTask, rows, select
 from torchslim.zoo.base import holdout_split
@@ -88,12 +90,30 @@ class DataTaskSpec(BaseModel):
         return name
 
 
-def parse_task_spec(data: dict[str, Any]) -> DataTaskSpec:
-    return DataTaskSpec.model_validate(data)
+def spec_class(data: dict[str, Any]) -> type[BaseModel]:
+    """The schema of a task mapping: text files to model (`text:` without `data:`), or data files."""
+    if "data" not in data and "text" in data:
+        from torchslim.tasks.text import TextTaskSpec
+
+        return TextTaskSpec
+    return DataTaskSpec
 
 
-def build_task(spec: DataTaskSpec) -> TensorTask:
+def parse_task_spec(data: dict[str, Any]) -> BaseModel:
+    return spec_class(data).model_validate(data)
+
+
+def build_task(spec: BaseModel) -> Task:
     """Read the files and make the task; every problem with the data is a UserError naming the file."""
+    if not isinstance(spec, DataTaskSpec):
+        from torchslim.tasks.text import TextTaskSpec, build_text_task
+
+        assert isinstance(spec, TextTaskSpec)
+        return build_text_task(spec)
+    return _build_data_task(spec)
+
+
+def _build_data_task(spec: DataTaskSpec) -> TensorTask:
     data = spec.data
     fmt = guess_format(data) if spec.format == "auto" else spec.format
     raw = READERS.get(fmt)(spec)
