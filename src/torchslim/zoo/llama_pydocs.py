@@ -127,6 +127,8 @@ class LlamaPydocs(Task):
 
     def perplexity(self, model: nn.Module, texts: list[str] | None = None) -> float:
         """Token-level perplexity on the test modules, or on `texts` (each ends with the end token)."""
+        if isinstance(texts, str):
+            texts = [texts]
         return lm.perplexity(model, self.test_windows if texts is None else self.windows(list(texts)))
 
     def topics_perplexity(self, model: nn.Module) -> float:
@@ -147,12 +149,11 @@ class LlamaPydocs(Task):
         fields["intermediate_size"] = max(1, round(ARCH["intermediate_size"] * width))
         if layers is not None:
             fields["num_hidden_layers"] = layers
-        fields.update(overrides)
-        config = LlamaConfig(**fields)
-        unknown = sorted(k for k in overrides if k not in config.to_dict())
-        if unknown:
+        unknown = sorted(set(overrides) - set(LlamaConfig().to_dict()))
+        if unknown:  # LlamaConfig would keep them as attributes that nothing reads
             raise TypeError(f"llama-pydocs: unknown LlamaConfig fields {unknown}")
-        return LlamaForCausalLM(config)
+        fields.update(overrides)
+        return LlamaForCausalLM(LlamaConfig(**fields))
 
     def cache_dir(self) -> Path:
         """Keyed by the code and by the corpus: another Python's docstrings train another model."""
@@ -192,8 +193,10 @@ class LlamaPydocs(Task):
         """AdamW, linear warm-up then cosine decay to 10%, gradient clipping at 1; see the constants."""
         train_steps(model, self, STEPS, [])
 
-    def train_summary(self, model: nn.Module, steps: int = STEPS) -> dict[str, Any]:
-        """Train like `train_baseline` and return the curve and the final perplexities."""
+    def train_summary(self, model: nn.Module, steps: int | None = None) -> dict[str, Any]:
+        """Train like `train_baseline` (`STEPS` steps by default) and return the curve and the final
+        perplexities."""
+        steps = STEPS if steps is None else steps
         curve: list[dict[str, float]] = []
         train_steps(model, self, steps, curve)
         return {

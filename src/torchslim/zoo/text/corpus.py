@@ -100,9 +100,9 @@ def splits(documents: list[Document]) -> dict[str, list[Document]]:
     return out
 
 
-def topics() -> list[str]:
+def topics(root: Path | None = None) -> list[str]:
     """`pydoc_data.topics`' help texts (read with `ast` too), sorted by topic name."""
-    path = stdlib_dir() / "pydoc_data" / "topics.py"
+    path = (root or stdlib_dir()) / "pydoc_data" / "topics.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
