@@ -17,6 +17,13 @@ def test_kd_loss_is_zero_for_equal_logits_and_matches_the_definition() -> None:
     assert kd_loss(s, t, T).item() == pytest.approx(manual.item(), rel=1e-5)
 
 
+def test_kd_loss_of_language_model_logits_is_a_mean_over_tokens() -> None:
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=gen), torch.randn(2, 5, 7, generator=gen)
+    per_token = [kd_loss(s[b, i : i + 1], t[b, i : i + 1], 2.0) for b in range(2) for i in range(5)]
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(torch.stack(per_token).mean().item(), rel=1e-5)
+
+
 def test_t_squared_keeps_gradient_scale_comparable_across_temperatures() -> None:
     t = torch.randn(64, 10) * 3
     grads = []

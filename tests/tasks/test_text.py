@@ -131,3 +131,30 @@ def test_recipe_validates_the_text_mapping(tmp_path: Path) -> None:
     recipe.write_text("model: zoo:llama-pydocs\ntask: {text: docs/*.txt, tokenizer: tok, metric: accuracy}\n")
     with pytest.raises(ts.UserError, match="task.metric"):
         load_recipe(recipe)
+
+
+@pytest.mark.slow  # a whole run on an hf: checkpoint: every stage saved, loaded, measured
+def test_recipe_on_hf_checkpoint_and_text_task(tmp_path: Path, tok_dir: Path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    tiny_lm().save_pretrained(str(tmp_path / "ckpt"))
+    transformers.AutoTokenizer.from_pretrained(str(tok_dir)).save_pretrained(str(tmp_path / "ckpt"))
+    docs = write_docs(tmp_path / "docs", 6)
+    recipe = {
+        "model": f"hf:{tmp_path / 'ckpt'}",
+        "task": {"text": str(docs / "*.txt"), "tokenizer": str(tmp_path / "ckpt"), "window": 16},
+        "stages": [{"prune": {"kind": "channel", "ratio": 0.5}}, {"finetune": {"epochs": 2, "lr": 3e-3}}],
+        "output": {"formats": ["torchslim", "hf"]},
+    }
+    report = ts.run_recipe(recipe, tmp_path / "out")
+    assert report["metric"] == "perplexity"
+    _, pruned, tuned = (s["accuracy"] for s in report["stages"])
+    assert tuned < pruned and report["stages"][-1]["params"] < report["stages"][0]["params"]
+    out = tmp_path / "out" / "hf"
+    assert (out / "tokenizer.json").is_file()
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    final = ts.load(tmp_path / "out" / "model")
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, final(input_ids=ids).logits, atol=1e-5)

@@ -28,7 +28,10 @@ SOFT_LOSSES: Registry[SoftLoss] = Registry("distillation loss")
 
 @SOFT_LOSSES.register("logits")
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL divergence of temperature-softened distributions, times T^2 (batch mean)."""
+    """KL divergence of temperature-softened distributions, times T^2, averaged over every
+    distribution: per example for `[batch, classes]`, per token for a language model's
+    `[batch, tokens, vocab]` (so it weighs like the token-mean cross entropy it is mixed with)."""
+    student, teacher = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
     log_p_student = F.log_softmax(student / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
