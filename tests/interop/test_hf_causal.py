@@ -77,6 +77,7 @@ def test_without_architectures_a_causal_lm_by_model_type(tmp_path: Path) -> None
         (lambda p: (p / "config.json").write_text("{not json"), "config.json is not JSON"),
         (lambda p: (p / "model.safetensors").rename(p / "pytorch_model.bin"), r"bin \(pickle\)"),
         (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x08"), "could not load it"),
     ],
 )
 def test_refusals_are_user_errors(tmp_path: Path, edit: object, match: str) -> None:

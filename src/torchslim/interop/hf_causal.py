@@ -102,6 +102,8 @@ def load(path: Path) -> nn.Module:
     config = read_config(path)
     check_weights(path)
     cls = model_class(path, config)
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(
             str(path),
@@ -110,8 +112,9 @@ def load(path: Path) -> nn.Module:
             trust_remote_code=False,
             dtype=torch.float32,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"model 'hf:{path}': transformers could not load it ({exc})") from None
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"model 'hf:{path}': transformers could not load it ({first})") from None
     return model.eval()
 
 
