@@ -115,3 +115,28 @@ def test_hf_output_without_a_tokenizer_writes_the_model_only(tmp_path: Path) -> 
     out = EXPORTERS.get("hf")(model, TOKENS, tmp_path / "out")
     assert not (out / "tokenizer.json").exists()
     assert torch.equal(logits(transformers.AutoModelForCausalLM.from_pretrained(str(out))), logits(model))
+
+
+SMALL = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+ARCHITECTURES = {
+    "Qwen2ForCausalLM": ("Qwen2Config", {**SMALL, "num_attention_heads": 4, "num_key_value_heads": 2}),
+    "MistralForCausalLM": ("MistralConfig", {**SMALL, "num_attention_heads": 4, "num_key_value_heads": 1}),
+    "Phi3ForCausalLM": (
+        "Phi3Config",
+        {**SMALL, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0},
+    ),
+    "GPT2LMHeadModel": ("GPT2Config", {"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_other_causal_lms_load_and_write_back(arch: str, tmp_path: Path) -> None:
+    config_class, fields = ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    model = getattr(transformers, arch)(getattr(transformers, config_class)(**fields)).eval()
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    loaded = resolve_model(f"hf:{tmp_path / 'ckpt'}")
+    assert type(loaded).__name__ == arch and torch.equal(logits(loaded), logits(model))
+    out = EXPORTERS.get("hf")(loaded, TOKENS, tmp_path / "out")
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert type(again).__name__ == arch and torch.equal(logits(again), logits(model))
