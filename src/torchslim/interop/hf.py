@@ -128,7 +128,7 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
         if source is not None:
             notes["tokenizer_files"] = hf_files.copy_files(source, tmp)
         else:
-            write_tokenizer(model, tmp)
+            notes.update(write_tokenizer(model, tmp))
         if notes:
             (tmp / NOTES).write_text(json.dumps(notes, indent=1))
         replace_dir(tmp, dest)

@@ -7,14 +7,13 @@ would reach the hub. The class is the config's `architectures[0]`; without one, 
 `model_type` transformers knows (else the bare `AutoModel`). Weights load as float32, the type every
 method here computes in on CPU.
 
-Out (format `hf`): after `save_pretrained`, the tokenizer goes along: the zoo task's own tokenizer for
-a zoo model (`llama-pydocs`), else the tokenizer files of the directory the model was loaded from.
+Out (format `hf`): the tokenizer files of the checkpoint a model came from are copied by `hf_files`;
+a zoo model (`llama-pydocs`) has no checkpoint, so its task's tokenizer is written instead.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ import torch.nn as nn
 
 from torchslim.errors import UserError
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-)
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 MAX_CONFIG_BYTES = 1_000_000
 
@@ -119,31 +108,23 @@ def load(path: Path) -> nn.Module:
 
 
 # -- out ------------------------------------------------------------------------------------------
-def tokenizer_source(model: nn.Module) -> Any:
-    """What to write the tokenizer from: a tokenizer object (zoo task), a directory, or None."""
+def write_tokenizer(model: nn.Module, dest: Path) -> dict[str, Any]:
+    """For a zoo model (which no checkpoint directory came with), its task's tokenizer written into
+    `dest` with `save_pretrained`; notes for `torchslim.json` (empty when there is none)."""
     from torchslim import io, zoo
 
     source = io.record_of(model).source or {}
-    if source.get("kind") == "zoo" and source.get("name") in zoo.TASKS:
-        tokenizer = getattr(zoo.get(source["name"]), "tokenizer", None)
-        if hasattr(tokenizer, "save_pretrained"):
-            return tokenizer
-    origin = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    if origin and Path(origin).is_dir() and any((Path(origin) / f).is_file() for f in TOKENIZER_FILES):
-        return Path(origin)
-    return None
-
-
-def write_tokenizer(model: nn.Module, dest: Path) -> list[str]:
-    """Write the model's tokenizer into `dest` (see `tokenizer_source`); the names of the files written."""
-    source = tokenizer_source(model)
-    if source is None:
-        return []
-    if isinstance(source, Path):
-        names = [f for f in TOKENIZER_FILES if (source / f).is_file()]
-        for name in names:
-            shutil.copyfile(source / name, dest / name)
-        return names
-    before = set(p.name for p in dest.iterdir())
-    source.save_pretrained(str(dest))
-    return sorted(set(p.name for p in dest.iterdir()) - before)
+    name = source.get("name")
+    if source.get("kind") != "zoo" or name not in zoo.TASKS:
+        return {}
+    tokenizer = getattr(zoo.get(name), "tokenizer", None)
+    if not hasattr(tokenizer, "save_pretrained"):
+        return {}
+    before = {p.name for p in dest.iterdir()}
+    tokenizer.save_pretrained(str(dest))
+    return {
+        "tokenizer_files": {
+            "from": f"zoo:{name}",
+            "copied": sorted({p.name for p in dest.iterdir()} - before),
+        }
+    }
