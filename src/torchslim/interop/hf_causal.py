@@ -115,9 +115,9 @@ def write_tokenizer(model: nn.Module, dest: Path) -> dict[str, Any]:
 
     source = io.record_of(model).source or {}
     name = source.get("name")
-    if source.get("kind") != "zoo" or name not in zoo.TASKS:
+    if source.get("kind") != "zoo" or not isinstance(name, str) or name not in zoo.TASKS:
         return {}
-    tokenizer = getattr(zoo.get(name), "tokenizer", None)
+    tokenizer: Any = getattr(zoo.get(name), "tokenizer", None)
     if not hasattr(tokenizer, "save_pretrained"):
         return {}
     before = {p.name for p in dest.iterdir()}
