@@ -69,6 +69,106 @@ def _gemm(inputs: Inputs, attrs: dict[str, Any]) -> float:
     return float(rows * cols)
 
 
+@SIZES.register("ConstantOfShape")
+def _constant_of_shape(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    return math.prod(_values(_in(inputs, 0)))
+
+
+@SIZES.register("Expand")
+def _expand(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    target = tuple(int(v) for v in _values(_in(inputs, 1)))
+    return float(math.prod(np.broadcast_shapes(tuple(_shape(_in(inputs, 0))), target)))
+
+
+@SIZES.register("Tile")
+def _tile(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    return _size(_in(inputs, 0)) * math.prod(_values(_in(inputs, 1)))
+
+
+@SIZES.register("Range")
+def _range(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    start, limit, delta = (_values(_in(inputs, i))[0] for i in range(3))
+    return max(math.ceil((limit - start) / delta), 0)
+
+
+@SIZES.register("Gather")
+def _gather(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    data = _shape(_in(inputs, 0))
+    axis = int(attrs.get("axis", 0)) % max(len(data), 1)
+    return math.prod(data[:axis]) * _size(_in(inputs, 1)) * math.prod(data[axis + 1 :])
+
+
+@SIZES.register("GatherND")
+def _gather_nd(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    data, index = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    batch = int(attrs.get("batch_dims", 0))
+    return math.prod(index[:-1]) * math.prod(data[batch + index[-1] :])
+
+
+@SIZES.register("Einsum")
+def _einsum(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    """The product of every subscript's size: a bound on the output (and on the work) of any equation."""
+    equation = attrs["equation"].decode() if isinstance(attrs["equation"], bytes) else attrs["equation"]
+    sizes: dict[str, int] = {}
+    for term, a in zip(equation.split("->")[0].split(","), inputs, strict=False):
+        letters = term.strip().replace("...", "")
+        shape = _shape(a)
+        for letter, dim in zip(letters, shape[len(shape) - len(letters) :], strict=False):
+            sizes[letter] = max(sizes.get(letter, 1), dim)
+    ellipsis = max((_size(a) for a in inputs), default=0.0)  # what "..." can broadcast to, at most
+    return math.prod(sizes.values()) * (ellipsis if "..." in equation else 1)
+
+
+def _sizes_of(*names: str) -> Callable[[Any], Any]:
+    def add(fn: Any) -> Any:
+        for name in names:
+            SIZES.register(name, fn)
+        return fn
+
+    return add
+
+
+def _pads(attrs: dict[str, Any], dims: int) -> list[float]:
+    return [float(p) for p in attrs.get("pads", [])] or [0.0] * (2 * dims)
+
+
+@_sizes_of("Conv", "MaxPool", "AveragePool")
+def _window(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    """At most the padded input per output channel: pads are attributes, a tiny file can ask for a lot."""
+    x, w = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    spatial = x[2:]
+    pads = _pads(attrs, len(spatial))
+    channels = w[0] if w else x[1]
+    return x[0] * channels * math.prod(s + pads[i] + pads[i + len(spatial)] for i, s in enumerate(spatial))
+
+
+@SIZES.register("ConvTranspose")
+def _conv_transpose(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    x, w = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    dims = len(x) - 2
+    strides = list(attrs.get("strides", [1] * dims))
+    dilations = list(attrs.get("dilations", [1] * dims))
+    extra = list(attrs.get("output_padding", [0] * dims))
+    spatial = (x[2 + i] * strides[i] + w[2 + i] * dilations[i] + extra[i] for i in range(dims))
+    return x[0] * w[1] * int(attrs.get("group", 1)) * math.prod(spatial)
+
+
+@_sizes_of("Resize", "Upsample")
+def _resize(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    sizes = _values(_in(inputs, 3))
+    if sizes:
+        return math.prod(sizes)
+    scales = _values(_in(inputs, 2) if len(inputs) > 2 else _in(inputs, 1)) or list(attrs.get("scales", []))
+    return _size(_in(inputs, 0)) * math.prod(scales)
+
+
+@_sizes_of("LSTM", "GRU", "RNN")
+def _recurrent(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    """Y is [seq, directions, batch, hidden]: the sequence and batch come from X, hidden from W."""
+    x, w = _shape(_in(inputs, 0)), _shape(_in(inputs, 1))
+    return float(x[0] * x[1] * w[0] * w[1])
+
+
 def _broadcast(inputs: Inputs, attrs: dict[str, Any]) -> float:
     """Elementwise operators (Add, Mul, Where, ...) broadcast their inputs: [N, 1] + [1, M] is N x M."""
     shapes = [tuple(_shape(a)) for a in inputs if a is not None]

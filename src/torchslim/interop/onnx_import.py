@@ -38,6 +38,7 @@ KEEP_ELEMENTS = 16
 """Float tensors up to this size stay in the structure copy: they may be baked into the graph."""
 
 Value = fx.Node | np.ndarray
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 Converter = Callable[["Builder", "onnx.NodeProto"], Value | tuple[Value, ...]]
 ONNX_OPS: Registry[Converter] = Registry("ONNX operator")
 
@@ -93,14 +94,54 @@ def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         item.ClearField("metadata_props")
     tensors = list(stripped.graph.initializer)
     tensors += [a.t for n in stripped.graph.node if n.op_type == "Constant" for a in n.attribute if a.t.dims]
+    weights = _integer_weights(stripped)
     for tensor in tensors:
-        if _is_float(tensor) and int(np.prod(tensor.dims)) > KEEP_ELEMENTS:
-            for data in ("raw_data", "float_data", "double_data", "int32_data"):
-                tensor.ClearField(data)
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            tensor.external_data.add(key="location", value="stripped")
+        if int(np.prod(tensor.dims)) <= KEEP_ELEMENTS or not (_is_float(tensor) or tensor.name in weights):
+            continue
+        # a quantized weight's grid is chosen from its range: kept beside the shape (see `_array`)
+        span = _span(tensor) if tensor.name in weights else None
+        for data in ("raw_data", "float_data", "double_data", "int32_data"):
+            tensor.ClearField(data)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        tensor.external_data.add(key="location", value="stripped")
+        if span is not None:
+            tensor.external_data.add(key="range", value=span)
     return stripped
+
+
+def _integer_weights(model: onnx.ModelProto) -> set[str]:
+    """Names of the integer weights of DequantizeLinear and QLinear* nodes (their values live in the
+    quantized layers' state)."""
+    at = {"DequantizeLinear": 0, "QLinearConv": 3, "QLinearMatMul": 3}
+    return {
+        n.input[at[n.op_type]] for n in model.graph.node if n.op_type in at and len(n.input) > at[n.op_type]
+    }
+
+
+def _span(tensor: onnx.TensorProto) -> str:
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(tensor)
+    return f"{int(values.min())},{int(values.max())}"
+
+
+def _stripped_zeros(tensor: onnx.TensorProto, dtype: np.dtype[Any]) -> np.ndarray:
+    """Zeros of the stripped tensor's shape; an integer weight's recorded min and max come first and
+    last, so that the layer rebuilt from it picks the same grid as the one first imported."""
+    safe.check_numel(list(tensor.dims), f"stripped initializer {tensor.name!r}")
+    out = np.zeros(tuple(tensor.dims), dtype=dtype)
+    span = next((e.value for e in tensor.external_data if e.key == "range"), None)
+    if span is not None and dtype.kind in "iu" and out.size >= 2:
+        info = np.iinfo(dtype)
+        try:
+            lo, hi = (int(v) for v in span.split(","))
+        except ValueError:
+            raise ManifestError(f"stripped initializer {tensor.name!r}: unreadable range {span!r}") from None
+        if not info.min <= lo <= hi <= info.max:
+            raise ManifestError(f"stripped initializer {tensor.name!r}: range {span!r} outside {dtype}")
+        out.reshape(-1)[[0, -1]] = lo, hi
+    return out
 
 
 def _is_float(tensor: onnx.TensorProto) -> bool:
@@ -122,7 +163,11 @@ def _onnx() -> Any:
 
 
 def _check_supported(model: onnx.ModelProto, source: str) -> None:
-    from torchslim.interop import onnx_ops  # noqa: F401  (registers the converters)
+    from torchslim.interop import (  # noqa: F401  (register the converters)
+        onnx_ops,
+        onnx_quant_ops,
+        onnx_shape_ops,
+    )
 
     missing: dict[str, str] = {}
     for node in model.graph.node:
@@ -147,18 +192,29 @@ class Builder:
         self.graph = fx.Graph()
         self.values: dict[str, Value] = {}
         self.shapes: dict[str, list[int | None] | None] = {}
+        self.types: dict[str, int] = {}
         self.node: onnx.NodeProto | None = None
         self._names: set[str] = set()
         self._consumers: dict[str, int] = {}
         self._fusable: dict[str, nn.Linear] = {}
+        self._buffers: dict[str, fx.Node] = {}
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.absorbed: dict[str, Value] = {}
+        """Outputs of nodes ahead that a converter already computed (a QuantizeLinear fused into a layer)."""
+        self.quantized: dict[str, Any] = {}
+        """Folded constants that came from DequantizeLinear: their integers and scales (`onnx_quant_ops`)."""
         self._outputs = [o.name for o in model.graph.output]
         for tensor in model.graph.initializer:
             self.values[tensor.name] = _array(tensor)
         for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
             self.shapes[info.name] = _dims(info)
+            if info.type.WhichOneof("value") == "tensor_type" and info.type.tensor_type.elem_type:
+                self.types[info.name] = info.type.tensor_type.elem_type
         for node in model.graph.node:
             for name in node.input:
                 self._consumers[name] = self._consumers.get(name, 0) + 1
+                self.consumers.setdefault(name, []).append(node)
         for name in self._outputs:
             self._consumers[name] = self._consumers.get(name, 0) + 1
         for info in model.graph.input:
@@ -167,9 +223,16 @@ class Builder:
 
     # -- the walk ---------------------------------------------------------------------------------
     def run(self, node: onnx.NodeProto) -> None:
+        from torchslim.interop import onnx_quant_ops
+
         self.node = node
-        if node.op_type != "Constant" and all(self.is_const(n) for n in node.input if n):
-            outputs: Any = self._fold(node)
+        for name in node.output:
+            self.producers[name] = node
+        if node.output and all(o in self.absorbed for o in node.output if o):
+            outputs: Any = tuple(self.absorbed.pop(o) for o in node.output if o)  # fused into a layer
+        elif node.op_type != "Constant" and all(self.is_const(n) for n in node.input if n):
+            outputs = self._fold(node)
+            onnx_quant_ops.record_folded(self, node)
         else:
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             outputs = ONNX_OPS.get(op)(self, node)
@@ -183,6 +246,12 @@ class Builder:
         outputs = [self.tensor(name) for name in self._outputs]
         self.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
         module = fx.GraphModule(self.root, self.graph, class_name="OnnxModel")
+        if module.graph.eliminate_dead_code():  # e.g. the Q/DQ functions a quantized layer took over
+            module.recompile()
+            used = {n.target for n in module.graph.nodes if n.op == "get_attr"}
+            for node in self._buffers.values():
+                if node.target not in used:
+                    delattr(module, str(node.target))
         return module.eval()
 
     def _fold(self, node: onnx.NodeProto) -> tuple[np.ndarray, ...]:
@@ -227,11 +296,11 @@ class Builder:
         value = self.values[name]
         if isinstance(value, fx.Node):
             return value
-        attr = self.unique(_identifier(name, "const"))
-        self.root.register_buffer(attr, torch.from_numpy(np.array(value)))
-        node = self.graph.get_attr(attr)
-        self.values[name] = node
-        return node
+        if name not in self._buffers:  # the array stays in `values`: later nodes may need it constant
+            attr = self.unique(_identifier(name, "const"))
+            self.root.register_buffer(attr, torch.from_numpy(np.array(value)))
+            self._buffers[name] = self.graph.get_attr(attr)
+        return self._buffers[name]
 
     def operand(self, name: str) -> fx.Node | float | int:
         """A tensor input, or a python number when it is a one-element constant (baked into the graph)."""
@@ -239,6 +308,14 @@ class Builder:
         if isinstance(value, np.ndarray) and value.size == 1 and value.ndim == 0:
             return value.item()  # type: ignore[no-any-return,unused-ignore]
         return self.tensor(name)
+
+    def is_float(self, name: str) -> bool:
+        """Whether `name` is known to hold floats (from its constant or from shape inference)."""
+        value = self.values.get(name)
+        if isinstance(value, np.ndarray):
+            return value.dtype.kind in "fc"
+        elem = self.types.get(name)
+        return elem in _FLOAT_TYPES
 
     def shape(self, name: str) -> list[int | None] | None:
         return self.shapes.get(name)
@@ -281,6 +358,11 @@ class Builder:
         if self._consumers.get(output) == 1:
             self._fusable[output] = linear
 
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node that reads `name` (None when several do, or the graph outputs it)."""
+        readers = self.consumers.get(name, [])
+        return readers[0] if len(readers) == 1 and self._consumers.get(name) == 1 else None
+
     def take_fusable(self, name: str) -> nn.Linear | None:
         return self._fusable.pop(name, None)
 
@@ -297,9 +379,7 @@ def _array(tensor: onnx.TensorProto) -> np.ndarray:
     if tensor.data_location == 1:
         if not any(e.value == "stripped" for e in tensor.external_data):  # never read a path a file names
             raise UserError(f"initializer {tensor.name!r}: external data that was not loaded with the model")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        safe.check_numel(list(tensor.dims), f"stripped initializer {tensor.name!r}")
-        return np.zeros(tuple(tensor.dims), dtype=dtype)
+        return _stripped_zeros(tensor, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)))
     safe.check_numel(list(tensor.dims), f"initializer {tensor.name!r}")
     return np.asarray(numpy_helper.to_array(tensor))
 

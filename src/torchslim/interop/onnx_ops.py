@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.interop import onnx_runtime as R
 from torchslim.interop.onnx_import import ONNX_OPS, Builder, Value, _array
 
 if TYPE_CHECKING:
@@ -116,7 +117,12 @@ def _conv_layer(b: Builder, node: onnx.NodeProto, *, transpose: bool) -> tuple[n
 
 @register("Conv")
 def conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
+    from torchslim.interop.onnx_quant_ops import layer_weight, quantized_layer
+
     layer, explicit = _conv_layer(b, node, transpose=False)
+    fused = quantized_layer(b, layer, layer_weight(b, node.input[1]), node.input[0], explicit)
+    if fused is not None:
+        return fused
     x = b.tensor(node.input[0])
     if explicit is not None:
         x = b.call(F.pad, x, explicit)
@@ -154,7 +160,12 @@ def gemm(b: Builder, node: onnx.NodeProto) -> fx.Node:
         bias = (bias * float(a.get("beta", 1.0))).reshape(-1)
         if bias.size not in (1, weight.shape[0]):
             b.fail(f"bias of shape {bias.shape} does not broadcast over {weight.shape[0]} outputs")
-    return b.module(_linear(weight, bias), b.tensor(node.input[0]))
+    from torchslim.interop.onnx_quant_ops import layer_weight, quantized_layer
+
+    layer = _linear(weight, bias)
+    info = layer_weight(b, node.input[1], transposed=not a.get("transB", 0))
+    fused = quantized_layer(b, layer, info, node.input[0]) if a.get("alpha", 1.0) == 1.0 else None
+    return fused if fused is not None else b.module(layer, b.tensor(node.input[0]))
 
 
 def _gemm_general(b: Builder, node: onnx.NodeProto, a: dict[str, Any]) -> fx.Node:
@@ -173,7 +184,12 @@ def _gemm_general(b: Builder, node: onnx.NodeProto, a: dict[str, Any]) -> fx.Nod
 @register("MatMul")
 def matmul(b: Builder, node: onnx.NodeProto) -> fx.Node:
     if b.is_const(node.input[1]) and b.const(node.input[1]).ndim == 2:
+        from torchslim.interop.onnx_quant_ops import layer_weight, quantized_layer
+
         layer = _linear(b.const(node.input[1]).T, None)
+        fused = quantized_layer(b, layer, layer_weight(b, node.input[1], transposed=True), node.input[0])
+        if fused is not None:
+            return fused
         b.offer_bias(node.output[0], layer)
         return b.module(layer, b.tensor(node.input[0]))
     return b.call(torch.matmul, b.tensor(node.input[0]), b.tensor(node.input[1]))
@@ -353,8 +369,6 @@ _BINARY: dict[str, Callable[..., Any]] = {
     "Mul": torch.mul,
     "Div": torch.div,
     "Pow": torch.pow,
-    "Max": torch.maximum,
-    "Min": torch.minimum,
     "Equal": torch.eq,
     "Greater": torch.gt,
     "Less": torch.lt,
@@ -368,9 +382,10 @@ def binary(b: Builder, node: onnx.NodeProto) -> fx.Node:
     left, right = node.input
     if node.op_type == "Add" and b.is_const(right) and (fused := _fuse_bias(b, left, right)) is not None:
         return fused
-    if node.op_type in ("Max", "Min"):
-        return b.call(_BINARY[node.op_type], b.tensor(left), b.tensor(right))
-    return b.call(_BINARY[node.op_type], b.operand(left), b.operand(right))
+    fn = _BINARY[node.op_type]
+    if node.op_type == "Div" and not (b.is_float(left) and b.is_float(right)):
+        fn = R.div  # integer division truncates in ONNX
+    return b.call(fn, b.operand(left), b.operand(right))
 
 
 def _fuse_bias(b: Builder, left: str, right: str) -> fx.Node | None:
@@ -425,6 +440,9 @@ def flatten(b: Builder, node: onnx.NodeProto) -> fx.Node:
 @register("Reshape")
 def reshape(b: Builder, node: onnx.NodeProto) -> fx.Node:
     """A reshape that only merges trailing dims becomes a flatten (it stays right when channels go)."""
+    if not b.is_const(node.input[1]):  # a shape computed at run time
+        allowzero = bool(b.attrs().get("allowzero", 0))
+        return b.call(R.reshape, b.tensor(node.input[0]), b.tensor(node.input[1]), allowzero)
     target = [int(v) for v in b.const(node.input[1])]
     copy = not b.attrs().get("allowzero", 0)  # then a 0 copies the input's dim
     source = b.shape(node.input[0])
@@ -536,6 +554,8 @@ def pad(b: Builder, node: onnx.NodeProto) -> fx.Node:
 @register("Slice")
 def slice_(b: Builder, node: onnx.NodeProto) -> fx.Node:
     a = b.attrs()
+    if "starts" not in a and not all(b.is_const(n) for n in node.input[1:] if n):
+        return _slice_dynamic(b, node)
     if "starts" in a:  # opset < 10
         starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
     else:
@@ -546,12 +566,22 @@ def slice_(b: Builder, node: onnx.NodeProto) -> fx.Node:
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
     if any(s < 0 for s in steps) or any(ax < 0 for ax in axes):
-        b.fail("negative steps or axes are not supported")
+        return _slice_dynamic(b, node)
     index: list[Any] = [slice(None)] * (max(axes) + 1)
     big = 2**62
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
         index[axis] = slice(int(start), None if end >= big else int(end), int(step))
     return b.call(operator.getitem, b.tensor(node.input[0]), tuple(index))
+
+
+def _slice_dynamic(b: Builder, node: onnx.NodeProto) -> fx.Node:
+    """Slice with bounds computed at run time, negative steps or axes (ONNX clamping rules)."""
+    a = b.attrs()
+    if "starts" in a:
+        args: list[Any] = [list(a["starts"]), list(a["ends"]), a.get("axes"), None]
+    else:
+        args = [b.tensor(n) if n else None for n in [*node.input[1:], "", ""][:4]]
+    return b.call(R.slice_, b.tensor(node.input[0]), *args)
 
 
 @register("Constant")
