@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import torchslim as ts
 from torchslim.interop.onnx_import import convert
 
 onnx = pytest.importorskip("onnx")
@@ -236,3 +237,82 @@ def test_constant_table_gather_becomes_an_embedding() -> None:
     nodes, feeds, inits, opset = CASES["gather of a constant table is an embedding"]
     module = convert(_model(nodes, feeds, inits, opset))
     assert [type(m).__name__ for m in module.children()] == ["Embedding"]
+
+
+def _recurrent(op: str, dirs: int, with_state: bool) -> tuple[Any, dict[str, np.ndarray]]:
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    hidden, size, seq, batch = 5, 3, 4, 2
+    inits = {
+        "w": _f(dirs, gates * hidden, size),
+        "r": _f(dirs, gates * hidden, hidden),
+        "b": _f(dirs, 2 * gates * hidden),
+    }
+    names = ["x", "w", "r", "b", "", "h0"] + (["c0"] if op == "LSTM" else [])
+    if with_state:
+        inits["h0"] = _f(dirs, batch, hidden)
+        inits["c0"] = _f(dirs, batch, hidden)
+    else:
+        names = names[:4]
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    direction = "bidirectional" if dirs == 2 else "forward"
+    outputs = ["y1", "yh"] + (["yc"] if op == "LSTM" else [])
+    nodes = [
+        node(op, names, outputs, hidden_size=hidden, direction=direction, **extra),
+        node("Flatten", ["y1"], ["f1"], axis=0),
+        node("Flatten", ["yh"], ["f2"], axis=0),
+        node("Concat", ["f1", "f2"], ["y"], axis=1),
+    ]
+    feeds = {"x": _f(seq, batch, size)}
+    return _model(nodes, feeds, {k: v for k, v in inits.items() if k in names}, 17), feeds
+
+
+@pytest.mark.parametrize(
+    ("op", "dirs", "with_state"), [("LSTM", 1, False), ("LSTM", 2, True), ("GRU", 1, True), ("GRU", 2, False)]
+)
+def test_recurrent_layers_match_onnxruntime(op: str, dirs: int, with_state: bool) -> None:
+    model, feeds = _recurrent(op, dirs, with_state)
+    _check(model, feeds)
+    assert [type(m).__name__ for m in convert(model).children()] == [op]
+
+
+RESIZE = {
+    "nearest asymmetric floor by scales": (
+        {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+        np.array([1, 1, 2, 3], F32),
+        None,
+    ),
+    "nearest half pixel round_prefer_ceil by sizes": (
+        {
+            "mode": "nearest",
+            "coordinate_transformation_mode": "half_pixel",
+            "nearest_mode": "round_prefer_ceil",
+        },
+        None,
+        _i(2, 3, 7, 5),
+    ),
+    "linear half pixel": ({"mode": "linear"}, np.array([1, 1, 2, 2], F32), None),
+    "linear align corners by sizes": (
+        {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+        None,
+        _i(2, 3, 9, 4),
+    ),
+    "cubic half pixel": ({"mode": "cubic", "cubic_coeff_a": -0.75}, np.array([1, 1, 2, 2], F32), None),
+}
+
+
+@pytest.mark.parametrize("name", list(RESIZE))
+def test_resize_matches_onnxruntime(name: str) -> None:
+    attrs, scales, sizes = RESIZE[name]
+    inits = {"scales": scales} if scales is not None else {"sizes": sizes}
+    inputs = ["x", "", "scales"] if scales is not None else ["x", "", "", "sizes"]
+    feeds = {"x": _f(2, 3, 4, 5)}
+    _check(_model([node("Resize", inputs, ["y"], **attrs)], feeds, inits, 13), feeds, atol=1e-4)
+
+
+def test_resize_without_a_torch_equivalent_is_named() -> None:
+    feeds = {"x": _f(1, 1, 2, 2)}
+    attrs = {"mode": "nearest", "coordinate_transformation_mode": "tf_crop_and_resize"}
+    nodes = [node("Resize", ["x", "", "s"], ["y"], **attrs)]
+    model = _graph(nodes, feeds, {"s": np.array([1, 1, 2, 2], F32)}, 13, TP.FLOAT)
+    with pytest.raises(ts.UserError, match="tf_crop_and_resize.*has no torch equivalent"):
+        convert(model)

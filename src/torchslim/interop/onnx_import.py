@@ -166,6 +166,7 @@ def _check_supported(model: onnx.ModelProto, source: str) -> None:
     from torchslim.interop import (  # noqa: F401  (register the converters)
         onnx_ops,
         onnx_quant_ops,
+        onnx_seq_ops,
         onnx_shape_ops,
     )
 

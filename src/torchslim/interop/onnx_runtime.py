@@ -151,19 +151,29 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
 def resize(
     x: torch.Tensor,
     sizes: IntsLike | None,
-    scales: torch.Tensor | None,
+    scales: torch.Tensor | Sequence[float] | None,
     mode: str,
     align_corners: bool | None,
 ) -> torch.Tensor:
-    """Resize of the spatial dims (batch and channel kept); `mode` "linear"/"cubic" takes the rank's name."""
-    if mode in ("linear", "cubic"):
-        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()] if mode == "linear" else "bicubic"
-    if sizes is not None:
-        return F.interpolate(
-            x, size=ints(sizes)[x.dim() - len(ints(sizes)) + 2 :], mode=mode, align_corners=align_corners
-        )
+    """Resize of the spatial dims (batch and channel kept); "linear"/"cubic" take the rank's name."""
+    if mode == "linear":
+        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
+    elif mode == "cubic":
+        mode = "bicubic"
+    if sizes is not None and len(ints(sizes)):
+        return F.interpolate(x, size=ints(sizes)[2:], mode=mode, align_corners=align_corners)
     assert scales is not None
-    factors = [float(v) for v in scales.reshape(-1).tolist()][2:]
+    values = scales.reshape(-1).tolist() if isinstance(scales, torch.Tensor) else list(scales)
     return F.interpolate(
-        x, scale_factor=factors, mode=mode, align_corners=align_corners, recompute_scale_factor=False
+        x,
+        scale_factor=[float(v) for v in values[2:]],
+        mode=mode,
+        align_corners=align_corners,
+        recompute_scale_factor=False,
     )
+
+
+def rnn_sequence(out: torch.Tensor, directions: int) -> torch.Tensor:
+    """torch's [seq, batch, directions * hidden] as ONNX's Y: [seq, directions, batch, hidden]."""
+    seq, batch, width = out.shape
+    return out.reshape(seq, batch, directions, width // directions).permute(0, 2, 1, 3)
