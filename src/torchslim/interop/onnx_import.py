@@ -267,6 +267,10 @@ class Builder:
         why = check_fold(node, [feeds.get(n) for n in node.input], self.attrs())
         if why is not None:
             self.fail(f"cannot fold this constant node: {why}")
+        if node.op_type == "DequantizeLinear":  # onnx's evaluator has it from opset 19 only
+            from torchslim.interop.onnx_quant_ops import fold_dequantize
+
+            return (fold_dequantize(self, node),)
         try:
             outputs = tuple(np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds))
         except MemoryError:

@@ -62,6 +62,16 @@ def record_folded(b: Builder, node: onnx.NodeProto) -> None:
         b.quantized[node.output[0]] = QuantWeight(info.q.transpose(perm), info.scale, info.zero, axis)
 
 
+def fold_dequantize(b: Builder, node: onnx.NodeProto) -> np.ndarray:
+    q, scale = b.const(node.input[0]), b.const(node.input[1]).astype(np.float32)
+    zero = b.optional_const(2)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[int(b.attrs().get("axis", 1)) % q.ndim] = -1
+    z = np.zeros(()) if zero is None else zero.astype(np.float32).reshape(shape if zero.size > 1 else ())
+    return ((q.astype(np.float32) - z) * scale.reshape(shape if scale.size > 1 else ())).astype(np.float32)
+
+
 def layer_weight(b: Builder, name: str, *, transposed: bool = False) -> QuantWeight | None:
     """The integers of weight `name` laid out as the torch layer's weight (rows = outputs)."""
     info = b.quantized.get(name)
