@@ -54,7 +54,50 @@ HUGE = {
         [helper.make_node("MatMul", ["a", "b"], ["c"])],
         {"a": np.ones([10**4, 1], F32), "b": np.ones([1, 10**4], F32)},
     ),
+    "ConstantOfShape": (
+        [helper.make_node("ConstantOfShape", ["s"], ["c"])],
+        {"s": np.array([10**5, 10**5], I64)},
+    ),
+    "Expand": (
+        [helper.make_node("Expand", ["a", "s"], ["c"])],
+        {"a": np.ones([1], F32), "s": np.array([10**5, 10**5], I64)},
+    ),
+    "Tile": (
+        [helper.make_node("Tile", ["a", "s"], ["c"])],
+        {"a": np.ones([1, 1], F32), "s": np.array([10**5, 10**5], I64)},
+    ),
+    "Range": (
+        [helper.make_node("Range", ["a", "b", "d"], ["c"])],
+        {"a": np.array(0.0, F32), "b": np.array(1e12, F32), "d": np.array(1.0, F32)},
+    ),
+    "Gather": (
+        [helper.make_node("Gather", ["a", "i"], ["c"], axis=0)],
+        {"a": np.ones([2, 10**4], F32), "i": np.zeros([10**4], I64)},
+    ),
+    "ConvTranspose": (
+        [helper.make_node("ConvTranspose", ["a", "w"], ["c"], strides=[10**5, 10**5])],
+        {"a": np.ones([1, 1, 4, 4], F32), "w": np.ones([1, 1, 1, 1], F32)},
+    ),
+    "Einsum": (
+        [helper.make_node("Einsum", ["a", "b"], ["c"], equation="i,j->ij")],
+        {"a": np.ones([10**4], F32), "b": np.ones([10**4], F32)},
+    ),
+    "Resize": (
+        [helper.make_node("Resize", ["a", "", "s"], ["c"])],
+        {"a": np.ones([1, 1, 2, 2], F32), "s": np.array([1, 1, 10**4, 10**4], F32)},
+    ),
 }
+
+
+def test_every_converted_operator_has_a_folding_bound() -> None:
+    """A new converter is also a new operator that folding evaluates: it needs a size bound (`SIZES`)
+    or must be one whose output the inputs bound (`BOUNDED_BY_INPUTS`)."""
+    from torchslim.interop.onnx_fold import BOUNDED_BY_INPUTS, SIZES
+    from torchslim.interop.onnx_import import ONNX_OPS, _check_supported
+
+    _check_supported(_graph([], {"c": np.ones([3], F32)}), "<test>")  # registers every converter
+    assert set(ONNX_OPS.names()) - set(SIZES.names()) - BOUNDED_BY_INPUTS == set()
+    assert not BOUNDED_BY_INPUTS & set(SIZES.names())
 
 
 @pytest.mark.parametrize("op", HUGE)

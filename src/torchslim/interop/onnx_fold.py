@@ -169,6 +169,109 @@ def _recurrent(inputs: Inputs, attrs: dict[str, Any]) -> float:
     return float(x[0] * x[1] * w[0] * w[1])
 
 
+@SIZES.register("Concat")
+def _concat(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    return sum(_size(a) for a in inputs)
+
+
+@SIZES.register("NonZero")
+def _nonzero(inputs: Inputs, attrs: dict[str, Any]) -> float:
+    return _size(_in(inputs, 0)) * max(len(_shape(_in(inputs, 0))), 1)
+
+
+SIZES.register("MatMulInteger", _matmul)
+SIZES.register("QLinearMatMul", lambda inputs, attrs: _matmul([_in(inputs, 0), _in(inputs, 3)], attrs))
+SIZES.register("QLinearConv", lambda inputs, attrs: _window([_in(inputs, 0), _in(inputs, 3)], attrs))
+
+BOUNDED_BY_INPUTS = frozenset(
+    [
+        "Abs",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Constant",
+        "Cos",
+        "CumSum",
+        "DequantizeLinear",
+        "Div",
+        "Dropout",
+        "DynamicQuantizeLinear",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Flatten",
+        "Floor",
+        "GatherElements",
+        "Gelu",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "IsInf",
+        "IsNaN",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "Max",
+        "Mean",
+        "Min",
+        "Mish",
+        "Mod",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "PRelu",
+        "Pow",
+        "QuantizeLinear",
+        "Reciprocal",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Selu",
+        "Shape",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Softsign",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tanh",
+        "Transpose",
+        "Trilu",
+        "Unsqueeze",
+        "Where",
+        "Xor",
+    ]
+)
+"""Operators whose output is at most as large as their inputs broadcast together (the default bound):
+elementwise, reductions, reshapes and slices. Every other converted operator has its own `SIZES` entry;
+a test holds the two lists to the converters."""
+
+
 def _broadcast(inputs: Inputs, attrs: dict[str, Any]) -> float:
     """Elementwise operators (Add, Mul, Where, ...) broadcast their inputs: [N, 1] + [1, M] is N x M."""
     shapes = [tuple(_shape(a)) for a in inputs if a is not None]
