@@ -125,7 +125,7 @@ def _check(name: str, source: str, make: Callable[[], nn.Module], x: Any, out: P
     try:
         imported = import_model(path)
     except Exception as exc:
-        return [name, source, ops, "no", "", "no", str(exc).split(": ", 2)[-1][:160]]
+        return [name, source, ops, "no", "", "no", str(exc).split("; supported")[0].split(": ", 1)[-1][:160]]
     feeds = _feeds(path, _resized(x, source, 3))
     expected = np.asarray(ort.InferenceSession(str(path)).run(None, feeds)[0])
     with torch.no_grad():

@@ -215,6 +215,16 @@ CASES: dict[str, tuple[list[Any], dict[str, np.ndarray], dict[str, np.ndarray], 
         {"r": _i(2, 2)},
         17,
     ),
+    "instance norm (torch's group norm)": (
+        [
+            node("Reshape", ["x", "groups"], ["g"]),
+            node("InstanceNormalization", ["g", "s", "b"], ["n"], epsilon=1e-5),
+            node("Reshape", ["n", "shape"], ["y"]),
+        ],
+        {"x": _f(2, 4, 3, 3)},
+        {"groups": _i(0, 2, -1), "s": _f(2), "b": _f(2), "shape": _i(2, 4, 3, 3)},
+        17,
+    ),
     "nonzero": ([node("NonZero", ["x"], ["y"])], {"x": np.array([[1, 0], [0, 3]], F32)}, {}, 17),
 }
 

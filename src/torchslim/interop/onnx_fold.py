@@ -217,6 +217,7 @@ BOUNDED_BY_INPUTS = frozenset(
         "HardSigmoid",
         "HardSwish",
         "Identity",
+        "InstanceNormalization",
         "IsInf",
         "IsNaN",
         "LayerNormalization",

@@ -1,4 +1,5 @@
-"""Converters for recurrent layers (LSTM, GRU as `nn.LSTM` / `nn.GRU`) and Resize / Upsample."""
+"""Converters for recurrent layers (LSTM, GRU as `nn.LSTM` / `nn.GRU`), Resize / Upsample and
+InstanceNormalization (what torch writes for GroupNorm, between two reshapes)."""
 
 from __future__ import annotations
 
@@ -141,3 +142,11 @@ def resize(b: Builder, node: onnx.NodeProto) -> fx.Node:
     if (sizes is None or sizes == []) and (scales is None or scales == []):
         b.fail("neither scales nor sizes are given")
     return b.call(R.resize, b.tensor(node.input[0]), sizes or None, scales, mode, align)
+
+
+@register("InstanceNormalization")
+def instance_norm(b: Builder, node: onnx.NodeProto) -> fx.Node:
+    eps = float(b.attrs().get("epsilon", 1e-5))
+    scale, bias = (b.tensor(n) for n in node.input[1:3])
+    x = b.tensor(node.input[0])
+    return b.call(torch.nn.functional.instance_norm, x, None, None, scale, bias, True, 0.0, eps)
