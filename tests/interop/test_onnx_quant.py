@@ -61,7 +61,7 @@ def _layers(model: nn.Module) -> dict[str, QuantModule]:
 def _same_integers(a: QuantModule, b: QuantModule) -> None:
     assert type(a) is type(b) and a.activations == b.activations
     assert torch.equal(a.int_weight(), b.int_weight())
-    torch.testing.assert_close(a.weight(), b.weight(), rtol=0, atol=0)
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
     if a.activations == "static":
         for name in ("in_scale", "in_zero", "out_scale", "out_zero"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
