@@ -327,7 +327,9 @@ def test_unsafe_lambda_is_refused(tmp_path: Path) -> None:
 
 
 def test_unconvertible_setting_is_refused(tmp_path: Path) -> None:
-    model = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(3, 1), L.LayerNormalization(axis=1, name="ln")])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 2)), L.Conv2D(3, 1), L.LayerNormalization(axis=1, name="ln")]
+    )
     model.save(tmp_path / "map.keras")
     with pytest.raises(UserError, match="LayerNormalization 'ln': only the last axis"):
         import_keras(tmp_path / "map.keras")

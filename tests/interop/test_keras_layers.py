@@ -80,7 +80,9 @@ def test_separable_conv2d(tmp_path: Path) -> None:
 
 def test_separable_conv1d(tmp_path: Path) -> None:
     inp = keras.Input((12, 3))
-    check(functional(inp, L.SeparableConv1D(4, 5, padding="same", depth_multiplier=3)(inp), "sep1d"), tmp_path)
+    check(
+        functional(inp, L.SeparableConv1D(4, 5, padding="same", depth_multiplier=3)(inp), "sep1d"), tmp_path
+    )
 
 
 def test_depthwise_with_multiplier(tmp_path: Path) -> None:
@@ -94,7 +96,9 @@ def test_dense_on_feature_maps_is_a_pointwise_conv(tmp_path: Path) -> None:
     seq = L.Dense(2, name="on_seq")(L.Reshape((25, 4))(inp))
     out = L.Concatenate()([L.Flatten()(maps), L.Flatten()(seq)])
     net, _ = check(functional(inp, out, "dense_maps"), tmp_path)
-    assert isinstance(net.layers["on_maps"], torch.nn.Conv2d) and isinstance(net.layers["on_seq"], torch.nn.Conv1d)
+    assert isinstance(net.layers["on_maps"], torch.nn.Conv2d) and isinstance(
+        net.layers["on_seq"], torch.nn.Conv1d
+    )
 
 
 # -- preprocessing and normalization ----------------------------------------------------------------------
@@ -129,10 +133,14 @@ def test_reshape_channels_last_maps(tmp_path: Path) -> None:
     inp = keras.Input((4, 6, 3))
     seq = L.Reshape((-1, 6))(inp)  # (12, 6): mixes H, W and C, needs Keras' element order
     back = L.Reshape((4, 6, 3))(L.Conv1D(6, 1)(seq))
-    se = L.Reshape((1, 1, 3), name="se_view")(L.GlobalAveragePooling2D()(back))  # the squeeze-excite reshape: a plain view
+    se = L.Reshape((1, 1, 3), name="se_view")(
+        L.GlobalAveragePooling2D()(back)
+    )  # the squeeze-excite reshape: a plain view
     out = L.Reshape((72,))(L.Multiply()([back, se]))
     net, _ = check(functional(inp, out, "reshapes"), tmp_path)
-    assert net.layers["se_view"].before is None and net.layers["se_view"].after is None  # a plain view, which channel pruning follows
+    assert (
+        net.layers["se_view"].before is None and net.layers["se_view"].after is None
+    )  # a plain view, which channel pruning follows
 
 
 def test_broadcasting_merges(tmp_path: Path) -> None:
@@ -212,7 +220,9 @@ def test_every_unsupported_layer_is_named_at_once(tmp_path: Path) -> None:
     a, b = L.LSTM(4, name="lstm_a")(inp), L.GRU(4, name="gru_b")(inp)
     model = functional(inp, L.Concatenate()([a, b, L.SimpleRNN(2, name="rnn_c")(inp)]), "rnns")
     model.save(tmp_path / "rnns.keras")
-    with pytest.raises(UserError, match=r"layers LSTM 'lstm_a', GRU 'gru_b', SimpleRNN 'rnn_c' are not supported"):
+    with pytest.raises(
+        UserError, match=r"layers LSTM 'lstm_a', GRU 'gru_b', SimpleRNN 'rnn_c' are not supported"
+    ):
         import_keras(tmp_path / "rnns.keras")
 
 

@@ -10,9 +10,10 @@ at import (and permuted back on export), so the graph stays Flatten + Linear and
 cuts through it. A Flatten whose features reach anything else than Dense layers (through elementwise
 layers) flattens in Keras' order instead (exact, but the channels before it are then not pruned).
 
-Supported: Sequential and functional models with one input (branches joined by Add, Concatenate, ...)
-made of the layers in `keras_layers.LAYERS`; any other layer is a `UserError` naming it. Layers keep
-their Keras names as module names: `layers.<name>` holds a layer's weights, `pads.<name>` an explicit
+Supported: Sequential and functional models (several inputs: `MultiInputKerasNet.forward(*xs)`),
+nested models (inlined by `keras_graph`), made of the layers in `keras_layers.LAYERS`; a `UserError`
+names every other layer at once. Layers keep their Keras names (a nested model's layers their own) as
+module names: `layers.<name>` holds a layer's weights, `pads.<name>` an explicit
 (uneven 'same') padding and `acts.<name>` its fused activation, so `exclude: [layers.dense_1]` works.
 
 `import_keras` records the Keras architecture (JSON) as the model's source: `ts.load` rebuilds the
@@ -92,7 +93,7 @@ class KerasNet(nn.Module):
 class MultiInputKerasNet(KerasNet):
     """A Keras model of several inputs: `forward(*xs)` takes them in the Keras model's input order."""
 
-    def forward(self, *xs: torch.Tensor) -> Any:  # type: ignore[override]
+    def forward(self, *xs: torch.Tensor) -> Any:
         if len(xs) != len(self.input_keys):
             raise TypeError(f"this Keras model takes {len(self.input_keys)} inputs, got {len(xs)}")
         return self.run(xs)
@@ -235,7 +236,7 @@ def _check_float(net: KerasNet, plan: Plan) -> None:
         for slots, fresh in ((net.layers, built.layer), (net.pads, built.pad), (net.acts, built.act)):
             have = slots[node.key] if node.key in slots else None  # noqa: SIM401 (ModuleDict)
             if _types(have) != _types(fresh):
-                kind = next(t for t, f in zip(_types(have), [*_types(fresh), None]) if t is not f)
+                kind = next((t for t in _types(have) if t not in _types(fresh)), type(have))
                 raise UserError(FLOAT_ONLY.format(name=node.name, kind=kind.__name__))
 
 

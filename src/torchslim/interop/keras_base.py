@@ -1,6 +1,7 @@
 """What every Keras layer converter shares: the graph's values and nodes, the registry, small helpers.
 
-One converter per Keras layer class (registered in `keras_layers` and `keras_shapes`). A converter's `build(node, inputs)` gets the layer's Keras config and the `Value`s it consumes (Keras
+One converter per Keras layer class (registered in `keras_layers`, `keras_scale`, `keras_shapes`).
+A converter's `build(node, inputs)` gets the layer's Keras config and the `Value`s it consumes (Keras
 shapes and layout) and returns the torch modules (an optional explicit padding, the layer, an
 optional fused activation) and the `Value` it produces. `weights_in` copies Keras weights (numpy,
 in `layer.get_weights()` order) into the built layer; `weights_out` returns them from a (possibly

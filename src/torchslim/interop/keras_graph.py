@@ -135,7 +135,7 @@ def _inbound(spec: dict[str, Any], prefix: str) -> list[Ref | float]:
 
 
 def _args(args: Any) -> list[tuple[str | float, int]]:
-    """The call's arguments in order: Keras tensors (`__keras_tensor__`) as (layer, output), numbers as themselves."""
+    """The call's arguments in order: Keras tensors as (layer, output index), numbers as (number, 0)."""
     if isinstance(args, dict):
         if args.get("class_name") == "__keras_tensor__":
             name, node_index, tensor_index = args["config"]["keras_history"]

@@ -45,7 +45,7 @@ def _buffer(array: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-# -- LayerNormalization -------------------------------------------------------------------------------
+# -- LayerNormalization --------------------------------------------------------------------------------
 class ChannelLayerNorm(nn.Module):
     """Layer norm over dim 1 of a channels-first tensor (Keras' axis -1 of a channels_last map)."""
 
@@ -90,7 +90,7 @@ def _layer_norm(node: Node, inputs: list[Value]) -> Built:
     return Built(v, ChannelLayerNorm(norm, len(v.shape) + 1) if v.channels_last else norm)
 
 
-# -- Normalization and Rescaling ------------------------------------------------------------------------
+# -- Normalization and Rescaling -----------------------------------------------------------------------
 class Standardize(nn.Module):
     """Keras Normalization: (x - mean) / sqrt(variance), or its inverse, with Keras' floor on the std."""
 
@@ -186,7 +186,7 @@ def _rescaling(node: Node, inputs: list[Value]) -> Built:
     return Built(v, Affine(arrays[0], arrays[1]))
 
 
-# -- keras.applications' own layers ----------------------------------------------------------------------
+# -- keras.applications' own layers --------------------------------------------------------------------
 class ChannelScale(nn.Module):
     """x * gamma with a learned gamma per channel: ConvNeXt's LayerScale."""
 

@@ -15,9 +15,9 @@ from torchslim.errors import UserError
 from torchslim.interop.keras_base import Built, Node, Value, _one, _pad_module, _tuple, layer
 
 
-# -- padding and cropping -----------------------------------------------------------------------------
+# -- padding and cropping ------------------------------------------------------------------------------
 def _pairs(node: Node, key: str, nd: int) -> list[tuple[int, int]]:
-    """Keras' padding/cropping spec (int, (a, b) or ((t, b), (l, r))) as one (before, after) per spatial dim."""
+    """Keras' padding/cropping (int, (a, b) or ((t, b), (l, r))): one (before, after) per spatial dim."""
     raw = node.config[key]
     if nd == 1:
         pair = _tuple(raw, 2)
@@ -59,7 +59,7 @@ def _cropping(node: Node, inputs: list[Value]) -> Built:
     return Built(out, Crop(bounds))
 
 
-# -- flatten and reshape --------------------------------------------------------------------------------
+# -- flatten and reshape -------------------------------------------------------------------------------
 class KerasFlatten(nn.Module):
     """Flatten in Keras' feature order (a permute first): used when no Dense can absorb the order."""
 
@@ -136,7 +136,7 @@ def _reshape(node: Node, inputs: list[Value]) -> Built:
     return Built(out, plain if torch.equal(plain(probe), exact(probe)) else exact)
 
 
-# -- merging --------------------------------------------------------------------------------------------
+# -- merging -------------------------------------------------------------------------------------------
 def broadcast(node: Node, values: list[Value]) -> tuple[Value, list[tuple[int, ...] | None]]:
     """The merged value of `values` under Keras' broadcasting, and the torch shape to view each input as
     first (None: as it is). Keras pads a shorter shape with 1s after the batch dim, then broadcasts."""
@@ -226,7 +226,7 @@ def _concatenate(node: Node, inputs: list[Value]) -> Built:
     return Built(Value(tuple(shape), first.channels_last), Concat(first.torch_dim(axis)))
 
 
-# -- inputs -----------------------------------------------------------------------------------------------
+# -- inputs --------------------------------------------------------------------------------------------
 @layer("InputLayer")
 def _input(node: Node, inputs: list[Value]) -> Built:
     """A model input; the input layer of a nested model passes the outer value through."""
@@ -243,7 +243,7 @@ def _input(node: Node, inputs: list[Value]) -> Built:
     return Built(Value(tuple(shape[1:]), node.channels_last and len(shape) >= 3))
 
 
-# -- Keras ops ------------------------------------------------------------------------------------------------
+# -- Keras ops -----------------------------------------------------------------------------------------
 class BinaryOp(nn.Module):
     """A Keras op of two operands, tensors or constants (`x + 3.0`, `3.0 - x`, `x * y`)."""
 
