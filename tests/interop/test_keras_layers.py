@@ -240,3 +240,39 @@ def test_every_unconvertible_setting_is_named_at_once(tmp_path: Path) -> None:
 def test_activations(name: str, tmp_path: Path) -> None:
     inp = keras.Input((10,))
     check(functional(inp, L.Activation(name)(L.Dense(10)(inp)), f"act_{name}"), tmp_path)
+
+
+# -- keras.applications models (benchmarks/bench_keras_import.py runs 15 of them) ------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny"])
+def test_applications_model_matches_keras(name: str, tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(32, 32, 3), classifier_activation=None
+    )
+    for layer in model.layers:  # ConvNeXt's LayerScales start at 1e-6: the blocks would not count
+        if type(layer).__name__ == "LayerScale":
+            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    net = import_keras(path)
+    calib = torch.from_numpy(np.random.default_rng(2).normal(size=(8, 3, 32, 32)).astype("float32"))
+    norms = {k: m for k, m in net.layers.items() if isinstance(m, torch.nn.BatchNorm2d)}
+    for bn in norms.values():  # statistics of a real batch, so the logits are of order 1, not 1e-19
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        net(calib)
+    for layer in model.layers:
+        if layer.name in norms:
+            bn = norms[layer.name]
+            layer.set_weights([*layer.get_weights()[:-2], bn.running_mean.numpy(), bn.running_var.numpy()])
+    model.save(path)
+    net = import_keras(path)
+    x = calib.permute(0, 2, 3, 1).numpy()  # in the calibrated distribution: the logits are well scaled
+    expected = np.asarray(ops.convert_to_numpy(model(x, training=False)))
+    with torch.no_grad():
+        ours = net(to_torch(x)).numpy()
+    assert float(np.abs(expected).max()) > 0.1
+    assert np.abs(ours - expected).max() < 1e-4 * max(1.0, float(np.abs(expected).max()))

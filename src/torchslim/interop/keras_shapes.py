@@ -125,12 +125,18 @@ def _target(node: Node, v: Value) -> tuple[int, ...]:
     return tuple(target)
 
 
+PROBE_LIMIT = 1 << 24
+"""Largest reshape whose element order is checked by running it (a saved architecture is untrusted)."""
+
+
 @layer("Reshape")
 def _reshape(node: Node, inputs: list[Value]) -> Built:
     v = _one(node, inputs)
     out = Value(_target(node, v), node.channels_last and len(node.config["target_shape"]) >= 2)
     before, after = _layout_perms(v), _layout_perms(out)
     exact = Reshape(out.shape, None if before is None else before[0], None if after is None else after[1])
+    if math.prod(v.shape) > PROBE_LIMIT:  # exact either way; a plain view only matters for pruning
+        return Built(out, exact)
     probe = torch.arange(math.prod(v.shape)).reshape(1, *v.torch_shape)
     plain = Reshape(out.torch_shape, None, None)  # the same elements in the same order: no permutes
     return Built(out, plain if torch.equal(plain(probe), exact(probe)) else exact)
