@@ -1,13 +1,13 @@
 """Keras 3 import of `keras.applications` models built with `weights=None` (nothing is downloaded).
 
 Random weights alone make a poor check: through 50 BatchNorms at their initial statistics a random
-network's outputs shrink to ~1e-19, where any converter "matches". So each model gets random BN
-scales and offsets (and ConvNeXt LayerScales of order 1), is imported once, has its BN statistics
-calibrated in torch on a random batch (outputs of order 1), gets those statistics back in Keras, is
-saved and imported again; that import is timed and compared with Keras on the calibration batch
-(logits: `classifier_activation=None`). On a fresh batch a 32-pixel EfficientNet, whose last BNs saw
-8 values per channel, amplifies float32 rounding to 1e-4 of its (then ~180) logits. NASNetMobile refuses the torch backend in its public
-constructor ("outstanding bug"); it is built with the `NASNet` function behind it.
+network's outputs shrink to ~1e-19, where any converter "matches". So each model gets random BN scales
+and offsets (and ConvNeXt LayerScales of order 1), is imported once, has its BN statistics calibrated in
+torch on a random batch (outputs of order 1), gets those statistics back in Keras, is saved and imported
+again; that import is timed and compared with Keras on the calibration batch (logits:
+`classifier_activation=None`). On a fresh batch a 32-pixel EfficientNet, whose last BNs saw 8 values per
+channel, amplifies float32 rounding to 1e-4 of its (then ~180) logits. NASNetMobile refuses the torch
+backend in its public constructor ("outstanding bug"); it is built with the `NASNet` function behind it.
 """
 
 from __future__ import annotations
