@@ -160,3 +160,11 @@ def run(quick: bool) -> Table:
         "import s: reading the .keras file with Keras, converting, and the built-in comparison run"
     )
     return table
+
+
+if __name__ == "__main__":  # a subset: python -m benchmarks.bench_keras_import NAME ... (rows printed)
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for app in sys.argv[1:]:
+            print("|", " | ".join(map(str, _one(app, *_apps()[app], Path(tmp)))), "|", flush=True)
