@@ -326,10 +326,12 @@ def test_unsafe_lambda_is_refused(tmp_path: Path) -> None:
         import_keras(tmp_path / "lam.keras")
 
 
-def test_dense_on_a_feature_map_is_refused(tmp_path: Path) -> None:
-    model = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(3, 1), L.Dense(2, name="head")], name="map")
+def test_unconvertible_setting_is_refused(tmp_path: Path) -> None:
+    model = keras.Sequential(
+        [keras.Input((4, 4, 2)), L.Conv2D(3, 1), L.LayerNormalization(axis=1, name="ln")]
+    )
     model.save(tmp_path / "map.keras")
-    with pytest.raises(UserError, match="Dense 'head': Dense on a 3-d channels_last input"):
+    with pytest.raises(UserError, match="LayerNormalization 'ln': only the last axis"):
         import_keras(tmp_path / "map.keras")
 
 

@@ -10,9 +10,10 @@ at import (and permuted back on export), so the graph stays Flatten + Linear and
 cuts through it. A Flatten whose features reach anything else than Dense layers (through elementwise
 layers) flattens in Keras' order instead (exact, but the channels before it are then not pruned).
 
-Supported: Sequential and functional models with one input (branches joined by Add, Concatenate, ...)
-made of the layers in `keras_layers.LAYERS`; any other layer is a `UserError` naming it. Layers keep
-their Keras names as module names: `layers.<name>` holds a layer's weights, `pads.<name>` an explicit
+Supported: Sequential and functional models (several inputs: `MultiInputKerasNet.forward(*xs)`),
+nested models (inlined by `keras_graph`), made of the layers in `keras_layers.LAYERS`; a `UserError`
+names every other layer at once. Layers keep their Keras names (a nested model's layers their own) as
+module names: `layers.<name>` holds a layer's weights, `pads.<name>` an explicit
 (uneven 'same') padding and `acts.<name>` its fused activation, so `exclude: [layers.dense_1]` works.
 
 `import_keras` records the Keras architecture (JSON) as the model's source: `ts.load` rebuilds the
@@ -28,9 +29,6 @@ import importlib
 import importlib.util
 import json
 import os
-import re
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,8 @@ from torch.nn.utils import parametrize
 from torchslim import io
 from torchslim.atomic import temp_dir_beside
 from torchslim.errors import ManifestError, UserError
-from torchslim.interop.keras_layers import LAYERS, Built, Node, Value
+from torchslim.interop.keras_graph import Plan, converter, make_plan, parse
+from torchslim.interop.keras_layers import Node, Value
 
 CONFIG_FILE = "keras_model.json"
 NEEDS_EXTRA = "Keras import needs the keras extra: pip install 'torchslim[keras]'"
@@ -52,135 +51,7 @@ FLOAT_ONLY = (
 )
 
 
-# -- the Keras graph ------------------------------------------------------------------------------
-@dataclass
-class Plan:
-    """A Keras architecture config resolved into nodes, the values between them and fresh torch modules."""
-
-    nodes: list[Node]
-    inputs: list[str]
-    outputs: list[str]
-    values: dict[str, Value]
-    node_inputs: dict[str, list[Value]]
-    built: dict[str, Built]
-
-
-def parse(config: dict[str, Any]) -> tuple[list[Node], list[str], list[str]]:
-    """Nodes (config dicts shared with `config`), input and output layer names."""
-    cls, body = config.get("class_name"), config.get("config") or {}
-    if cls not in ("Sequential", "Functional"):
-        raise UserError(f"Keras model class {cls!r}: only Sequential and functional models can be converted")
-    taken: set[str] = set()
-    nodes: list[Node] = []
-    for spec in body.get("layers", []):
-        if cls == "Sequential":
-            inputs = [nodes[-1].name] if nodes else []
-        else:
-            inbound = spec.get("inbound_nodes") or []
-            if len(inbound) > 1:
-                raise UserError(f"Keras layer {spec.get('name')!r} is shared (called {len(inbound)} times)")
-            inputs = _history(inbound[0].get("args", [])) if inbound else []
-        nodes.append(_node(spec, inputs, taken))
-    if cls == "Functional":
-        return nodes, _ends(body.get("input_layers")), _ends(body.get("output_layers"))
-    if not nodes or nodes[0].cls != "InputLayer":
-        raise UserError(
-            "a Sequential Keras model needs a known input shape: start it with keras.Input(shape)"
-        )
-    return nodes, [nodes[0].name], [nodes[-1].name]
-
-
-def _node(spec: dict[str, Any], inputs: list[str], taken: set[str]) -> Node:
-    cls, config = str(spec.get("class_name")), spec.get("config") or {}
-    name = str(spec.get("name") or config.get("name"))
-    if cls not in LAYERS or spec.get("module", "keras.layers") != "keras.layers":
-        raise UserError(
-            f"Keras layer {cls} {name!r} is not supported; supported layers: {', '.join(LAYERS.names())}"
-        )
-    policy = config.get("dtype")
-    policy = (policy.get("config") or {}).get("name") if isinstance(policy, dict) else policy
-    if isinstance(policy, str) and ("int" in policy or "float8" in policy):
-        raise UserError(f"Keras layer {cls} {name!r} is quantized ({policy}); only float models convert")
-    key = re.sub(r"\W", "_", name) or "layer"
-    while key in taken or hasattr(nn.ModuleDict(), key):
-        key += "_"
-    taken.add(key)
-    return Node(name, key, cls, config, inputs)
-
-
-def _history(args: Any) -> list[str]:
-    """Names of the layers whose outputs a call's arguments are (Keras 3 `__keras_tensor__` entries)."""
-    if isinstance(args, dict):
-        if args.get("class_name") == "__keras_tensor__":
-            name, node_index, tensor_index = args["config"]["keras_history"]
-            if node_index or tensor_index:
-                raise UserError(
-                    f"Keras layer {name!r}: shared layers and multi-output layers are not supported"
-                )
-            return [str(name)]
-        return [n for v in args.values() for n in _history(v)]
-    if isinstance(args, (list, tuple)):
-        return [n for v in args for n in _history(v)]
-    return []
-
-
-def _ends(spec: Any) -> list[str]:
-    specs = [spec] if spec and isinstance(spec[0], str) else spec or []
-    return [str(s[0]) for s in specs]
-
-
-def make_plan(config: dict[str, Any]) -> Plan:
-    nodes, inputs, outputs = parse(config)
-    if len(inputs) != 1:
-        raise UserError(f"Keras models with one input are supported; this one has {len(inputs)}")
-    formats = {n.config["data_format"] for n in nodes if n.cls != "Flatten" and n.config.get("data_format")}
-    if len(formats) > 1:
-        raise UserError("the Keras model mixes channels_first and channels_last layers")
-    consumers: dict[str, list[Node]] = defaultdict(list)
-    for node in nodes:
-        node.channels_last = formats == {"channels_last"}
-        for source in node.inputs:
-            consumers[source].append(node)
-    for node in nodes:
-        node.keras_order = node.cls == "Flatten" and not _absorbs_order(node.name, consumers, outputs)
-    plan = Plan([], inputs, outputs, {}, {}, {})
-    for node in _ordered(nodes):
-        args = [plan.values[i] for i in node.inputs]
-        built = LAYERS.get(node.cls).build(node, args)
-        plan.nodes.append(node)
-        plan.values[node.name], plan.node_inputs[node.name], plan.built[node.name] = built.out, args, built
-    return plan
-
-
-def _absorbs_order(name: str, consumers: dict[str, list[Node]], outputs: list[str]) -> bool:
-    """Whether a permuted flat feature order from `name` can be absorbed by the Dense layers after it."""
-    if name in outputs:
-        return False
-    for node in consumers[name]:
-        conv = LAYERS.get(node.cls)
-        if len(node.inputs) != 1 or not (conv.absorbs_order or conv.keeps_order):
-            return False
-        if not conv.absorbs_order and not _absorbs_order(node.name, consumers, outputs):
-            return False
-    return True
-
-
-def _ordered(nodes: list[Node]) -> list[Node]:
-    """The nodes in an order where every node comes after its inputs."""
-    done: set[str] = set()
-    out: list[Node] = []
-    pending = list(nodes)
-    while pending:
-        ready = [n for n in pending if all(i in done for i in n.inputs)]
-        if not ready:
-            missing = sorted({i for n in pending for i in n.inputs} - done - {n.name for n in pending})
-            raise UserError(f"the Keras graph refers to unknown layers {missing} or has a cycle")
-        out += ready
-        done |= {n.name for n in ready}
-        pending = [n for n in pending if n.name not in done]
-    return out
-
-
+# -- the torch module ----------------------------------------------------------------------------------
 class KerasNet(nn.Module):
     """A Keras model as torch modules, run in the Keras graph's order (channels-first, see module doc)."""
 
@@ -200,11 +71,15 @@ class KerasNet(nn.Module):
                 self.pads[node.key] = built.pad
             if built.act is not None:
                 self.acts[node.key] = built.act
-        self.input_key = key[plan.inputs[0]]
+        self.input_keys = [key[i] for i in plan.inputs]
         self.output_keys = [key[o] for o in plan.outputs]
 
     def forward(self, x: torch.Tensor) -> Any:
-        values = {self.input_key: x}
+        return self.run((x,))
+
+    def run(self, xs: tuple[torch.Tensor, ...]) -> Any:
+        """The graph on the inputs in the Keras model's input order (a plain loop: fx traces it)."""
+        values = dict(zip(self.input_keys, xs, strict=True))
         for key, args in self.steps:
             inputs = [values[a] for a in args]
             if key in self.pads:
@@ -215,9 +90,22 @@ class KerasNet(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
 
+class MultiInputKerasNet(KerasNet):
+    """A Keras model of several inputs: `forward(*xs)` takes them in the Keras model's input order."""
+
+    def forward(self, *xs: torch.Tensor) -> Any:
+        if len(xs) != len(self.input_keys):
+            raise TypeError(f"this Keras model takes {len(self.input_keys)} inputs, got {len(xs)}")
+        return self.run(xs)
+
+
+def _net(config: dict[str, Any], plan: Plan) -> KerasNet:
+    return (MultiInputKerasNet if len(plan.inputs) > 1 else KerasNet)(config, plan)
+
+
 def build(config: dict[str, Any]) -> KerasNet:
     """The torch module of a Keras architecture config (fresh weights)."""
-    return KerasNet(config, make_plan(config))
+    return _net(config, make_plan(config))
 
 
 def build_from_config(file: str) -> nn.Module:
@@ -264,12 +152,12 @@ def import_keras(path: Path) -> nn.Module:
     except Exception as exc:  # Keras raises many types for a bad or unsafe file
         raise UserError(f"cannot read Keras model {str(path)!r}: {type(exc).__name__}: {exc}") from None
     plan = make_plan(config)
-    net = KerasNet(config, plan)
+    net = _net(config, plan)
     for node in plan.nodes:
-        if node.cls == "InputLayer":  # not a layer of a Sequential model
+        if node.cls == "InputLayer" or node.registry.startswith("ops."):  # no Keras layer, no weights
             continue
-        weights = kmodel.get_layer(node.name).get_weights()
-        conv = LAYERS.get(node.cls)
+        weights = _keras_layer(kmodel, node).get_weights()
+        conv = converter(node)
         if conv.weights_in is not None:
             conv.weights_in(net.layers[node.key], weights, node.config, plan.node_inputs[node.name])
         elif weights:
@@ -302,25 +190,43 @@ def _write(keras: Any, net: KerasNet, dest: Path) -> Path:
     nodes, _, _ = parse(config)  # shares the layer config dicts of `config`: edited in place below
     for node in nodes:
         if node.key in net.layers:
-            LAYERS.get(node.cls).export(node.config, net.layers[node.key])
-    for spec in config.get("config", {}).get("layers", []):
-        spec.pop("build_config", None)  # input shapes of the original widths
+            converter(node).export(node.config, net.layers[node.key])
+    _drop_build_configs(config)
     plan = make_plan(config)
+    for node in plan.nodes:
+        if node.cls == "InputLayer" and node.inputs:  # a nested model's input: the new widths
+            node.config["batch_shape"] = [None, *plan.values[node.name].shape]
     _check_shapes(net, plan)
     try:
         kmodel = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as exc:
         raise UserError(f"output format keras: Keras cannot rebuild the model ({exc})") from None
     for node in plan.nodes:
-        conv = LAYERS.get(node.cls)
+        conv = converter(node)
         if conv.weights_out is not None:
             arrays = conv.weights_out(net.layers[node.key], node.config, plan.node_inputs[node.name])
-            kmodel.get_layer(node.name).set_weights(arrays)
+            _keras_layer(kmodel, node).set_weights(arrays)
     _compare(keras, kmodel, net, plan, "export")
     with temp_dir_beside(dest) as tmp:
         kmodel.save(str(tmp / "model.keras"))
         os.replace(tmp / "model.keras", dest)
     return dest
+
+
+def _keras_layer(kmodel: Any, node: Node) -> Any:
+    """The Keras layer of `node`, looked up through the nested models on its path."""
+    layer = kmodel
+    for name in node.path:
+        layer = layer.get_layer(name)
+    return layer
+
+
+def _drop_build_configs(spec: dict[str, Any]) -> None:
+    """Forget the input shapes Keras recorded at the original widths (nested models too)."""
+    for layer_spec in (spec.get("config") or {}).get("layers", []):
+        layer_spec.pop("build_config", None)
+        if layer_spec.get("class_name") in ("Sequential", "Functional"):
+            _drop_build_configs(layer_spec)
 
 
 def _check_float(net: KerasNet, plan: Plan) -> None:
@@ -329,14 +235,21 @@ def _check_float(net: KerasNet, plan: Plan) -> None:
         built = plan.built[node.name]
         for slots, fresh in ((net.layers, built.layer), (net.pads, built.pad), (net.acts, built.act)):
             have = slots[node.key] if node.key in slots else None  # noqa: SIM401 (ModuleDict)
-            if _plain_type(have) is not type(fresh):
-                raise UserError(FLOAT_ONLY.format(name=node.name, kind=type(have).__name__))
+            if _types(have) != _types(fresh):
+                kind = next((t for t in _types(have) if t not in _types(fresh)), type(have))
+                raise UserError(FLOAT_ONLY.format(name=node.name, kind=kind.__name__))
 
 
-def _plain_type(module: nn.Module | None) -> type:
-    """The class of `module`, seen through torch parametrizations (pruning masks)."""
+def _types(module: nn.Module | None) -> list[type]:
+    """The classes of `module` and its children, seen through torch parametrizations (pruning masks)."""
+    if module is None:
+        return [type(None)]
+    return [_plain_type(m) for name, m in module.named_modules() if "parametrizations" not in name]
+
+
+def _plain_type(module: nn.Module) -> type:
     cls = type(module)
-    return cls.__bases__[0] if module is not None and parametrize.is_parametrized(module) else cls
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
 
 
 def _check_shapes(net: KerasNet, plan: Plan) -> None:
@@ -346,11 +259,17 @@ def _check_shapes(net: KerasNet, plan: Plan) -> None:
             continue
         want = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
         mine = net.layers[node.key]
-        have = {
-            k: tuple(getattr(mine, k).shape) for k in want if isinstance(getattr(mine, k, None), torch.Tensor)
-        }
+        have = {k: tuple(t.shape) for k in want if isinstance(t := _attr(mine, k), torch.Tensor)}
         if want != have:
             raise UserError(f"{node.describe()}: torch shapes {have} cannot be written as Keras ({want})")
+
+
+def _attr(module: nn.Module, dotted: str) -> Any:
+    """`module.a.b` for "a.b": a parametrized weight reads as the (masked) weight."""
+    value: Any = module
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 def _to_keras(array: np.ndarray, value: Value) -> np.ndarray:
@@ -359,11 +278,13 @@ def _to_keras(array: np.ndarray, value: Value) -> np.ndarray:
 
 def _compare(keras: Any, kmodel: Any, net: nn.Module, plan: Plan, what: str) -> None:
     """Both models on the same random batch: a conversion that changes the outputs is a bug, not a result."""
-    source = plan.values[plan.inputs[0]]
-    x = torch.randn(2, *source.torch_shape, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    sources = [plan.values[i] for i in plan.inputs]
+    xs = [torch.randn(2, *v.torch_shape, generator=generator) for v in sources]
     with torch.no_grad():
-        ours = net(x)
-    theirs = kmodel(_to_keras(x.numpy(), source), training=False)
+        ours = net(*xs)
+    keras_xs = [_to_keras(x.numpy(), v) for x, v in zip(xs, sources, strict=True)]
+    theirs = kmodel(keras_xs if len(keras_xs) > 1 else keras_xs[0], training=False)
     ours = list(ours) if isinstance(ours, tuple) else [ours]
     theirs = list(theirs) if isinstance(theirs, (list, tuple)) else [theirs]
     for name, mine, other in zip(plan.outputs, ours, theirs, strict=True):

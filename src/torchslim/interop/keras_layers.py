@@ -1,18 +1,12 @@
-"""One converter per Keras layer class: the torch modules it becomes, and its weights both ways.
+"""Converters of the Keras layers that compute: dense, convolutions, normalization, activations, pooling.
 
-A converter's `build(node, inputs)` gets the layer's Keras config and the `Value`s it consumes (Keras
-shapes and layout) and returns the torch modules (an optional explicit padding, the layer, an
-optional fused activation) and the `Value` it produces. `weights_in` copies Keras weights (numpy,
-in `layer.get_weights()` order) into the built layer; `weights_out` returns them from a (possibly
-channel-pruned) torch layer; `export` updates the Keras config to the torch layer's widths.
-Everything here is plain numpy/torch: rebuilding a saved model needs no Keras.
+Shape-only layers (padding, reshaping, merging, inputs, Keras ops) are in `keras_shapes`, registered
+when this module is imported. See `keras_base` for what a converter is.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,206 +15,39 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.errors import UserError
-from torchslim.registry import Registry
-
-Arrays = list[np.ndarray]
-
-
-@dataclass
-class Value:
-    """A tensor between layers: its Keras shape (no batch dim) and how torch holds it."""
-
-    shape: tuple[int, ...]
-    channels_last: bool = False
-    """Keras (..., C) held channels-first in torch as (C, ...): true for rank >= 2 in channels_last models."""
-    order: np.ndarray | None = field(default=None, compare=False)
-    """Flat features after a Flatten: `order[i]` is the Keras feature index of torch feature i."""
-
-    @property
-    def torch_shape(self) -> tuple[int, ...]:
-        return (self.shape[-1], *self.shape[:-1]) if self.channels_last else self.shape
-
-    @staticmethod
-    def from_torch(shape: tuple[int, ...], channels_last: bool) -> Value:
-        cl = channels_last and len(shape) >= 2
-        return Value((*shape[1:], shape[0]) if cl else tuple(shape), cl)
-
-    def torch_dim(self, keras_axis: int) -> int:
-        """The torch dim (batch included) holding Keras axis `keras_axis` (batch included)."""
-        rank = len(self.shape) + 1
-        axis = keras_axis % rank
-        if not self.channels_last or axis == 0:
-            return axis
-        return 1 if axis == rank - 1 else axis + 1
-
-
-@dataclass
-class Node:
-    """One Keras layer of the model graph."""
-
-    name: str
-    key: str
-    """Its torch module name (the Keras name made a valid, unique attribute name)."""
-    cls: str
-    config: dict[str, Any]
-    inputs: list[str]
-    channels_last: bool = False
-    """The model's spatial layers are channels_last (so its rank >= 2 values are permuted in torch)."""
-    keras_order: bool = False
-    """Flatten only: its consumers cannot take a permuted feature order, so it flattens in Keras order."""
-
-    def describe(self) -> str:
-        return f"Keras layer {self.cls} {self.name!r}"
-
-
-@dataclass
-class Built:
-    out: Value
-    layer: nn.Module | None = None
-    pad: nn.Module | None = None
-    act: nn.Module | None = None
-
-
-def _no_change(config: dict[str, Any], module: nn.Module) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Converter:
-    build: Callable[[Node, list[Value]], Built]
-    weights_in: Callable[[nn.Module, Arrays, dict[str, Any], list[Value]], None] | None = None
-    weights_out: Callable[[nn.Module, dict[str, Any], list[Value]], Arrays] | None = None
-    export: Callable[[dict[str, Any], nn.Module], None] = _no_change
-    keeps_order: bool = False
-    """Works feature by feature: a permuted flat input stays permuted the same way."""
-    absorbs_order: bool = False
-    """Takes a permuted flat input by permuting its own weights (Dense)."""
-
-
-LAYERS: Registry[Converter] = Registry("Keras layer")
-
-
-def layer(*names: str, **options: Any) -> Callable[[Callable[[Node, list[Value]], Built]], Any]:
-    def add(build: Callable[[Node, list[Value]], Built]) -> Callable[[Node, list[Value]], Built]:
-        for name in names:
-            LAYERS.register(name, Converter(build, **options))
-        return build
-
-    return add
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-def _one(node: Node, inputs: list[Value]) -> Value:
-    if len(inputs) != 1:
-        raise UserError(f"{node.describe()}: expected one input, got {len(inputs)}")
-    return inputs[0]
-
-
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
-    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * n
-
-
-def _set(module: nn.Module, **arrays: np.ndarray | None) -> None:
-    with torch.no_grad():
-        for name, array in arrays.items():
-            target = getattr(module, name)
-            if array is None or target is None:
-                continue
-            value = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-            if value.shape != target.shape:
-                raise UserError(f"weight {name!r}: Keras shape {tuple(value.shape)} != {tuple(target.shape)}")
-            target.copy_(value)
-
-
-def _np(tensor: torch.Tensor | None) -> np.ndarray:
-    assert tensor is not None
-    return tensor.detach().cpu().float().numpy().copy()
-
-
-def _bias(module: nn.Module) -> Arrays:
-    bias = getattr(module, "bias", None)
-    return [_np(bias)] if bias is not None else []
-
-
-def _same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-Ints = tuple[int, ...]
-
-
-def _padding(node: Node, mode: str, spatial: Ints, k: Ints, s: Ints, d: Ints) -> list[tuple[int, int]]:
-    if mode == "valid":
-        return [(0, 0)] * len(spatial)
-    if mode == "same":
-        return [_same_padding(*args) for args in zip(spatial, k, s, d, strict=True)]
-    if mode == "causal" and len(spatial) == 1:
-        return [((k[0] - 1) * d[0], 0)]
-    raise UserError(f"{node.describe()}: padding {mode!r} is not supported")
-
-
-def _out_size(size: int, pad: tuple[int, int], k: int, s: int, d: int) -> int:
-    return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
-
-
-def _torch_pad(pads: list[tuple[int, int]]) -> tuple[int, ...]:
-    return tuple(p for pair in reversed(pads) for p in pair)  # torch lists the last dim first
-
-
-def _pad_module(pads: list[tuple[int, int]], value: float = 0.0) -> nn.Module:
-    cls: Any = (nn.ConstantPad1d, nn.ConstantPad2d)[len(pads) - 1]
-    return cls(_torch_pad(pads), value)
-
-
-# -- activations --------------------------------------------------------------------------------------
-ACTIVATIONS: Registry[Callable[[int], nn.Module]] = Registry("Keras activation")
-for _name, _factory in {
-    "linear": lambda dim: nn.Identity(),
-    "relu": lambda dim: nn.ReLU(),
-    "relu6": lambda dim: nn.ReLU6(),
-    "sigmoid": lambda dim: nn.Sigmoid(),
-    "hard_sigmoid": lambda dim: nn.Hardsigmoid(),
-    "tanh": lambda dim: nn.Tanh(),
-    "softmax": lambda dim: nn.Softmax(dim=dim),
-    "log_softmax": lambda dim: nn.LogSoftmax(dim=dim),
-    "gelu": lambda dim: nn.GELU(),
-    "silu": lambda dim: nn.SiLU(),
-    "swish": lambda dim: nn.SiLU(),
-    "hard_silu": lambda dim: nn.Hardswish(),
-    "hard_swish": lambda dim: nn.Hardswish(),
-    "elu": lambda dim: nn.ELU(),
-    "selu": lambda dim: nn.SELU(),
-    "softplus": lambda dim: nn.Softplus(),
-    "softsign": lambda dim: nn.Softsign(),
-    "mish": lambda dim: nn.Mish(),
-    "leaky_relu": lambda dim: nn.LeakyReLU(0.2),
-}.items():
-    ACTIVATIONS.register(_name, _factory)
-
-
-def activation(node: Node, name: Any, out: Value) -> nn.Module:
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise UserError(
-            f"{node.describe()}: activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
-        )
-    return ACTIVATIONS.get(name)(out.torch_dim(-1))
-
-
-def _fused_activation(node: Node, out: Value) -> nn.Module | None:
-    name = node.config.get("activation", "linear")
-    return None if name in (None, "linear") else activation(node, name, out)
+from torchslim.interop.keras_base import (
+    LAYERS,
+    Arrays,
+    Built,
+    Ints,
+    Node,
+    Value,
+    _bias,
+    _fused_activation,
+    _np,
+    _one,
+    _out_size,
+    _pad_module,
+    _padding,
+    _set,
+    _torch_pad,
+    _tuple,
+    activation,
+    layer,
+)
 
 
 # -- dense ------------------------------------------------------------------------------------------
 def _dense_in(module: Any, w: Arrays, config: dict[str, Any], inputs: list[Value]) -> None:
     order = inputs[0].order
     kernel = w[0] if order is None else w[0][order]
-    _set(module, weight=kernel.T, bias=w[1] if len(w) > 1 else None)
+    weight = kernel.T if isinstance(module, nn.Linear) else kernel.T.reshape(module.weight.shape)
+    _set(module, weight=weight, bias=w[1] if len(w) > 1 else None)
 
 
 def _dense_out(module: Any, config: dict[str, Any], inputs: list[Value]) -> Arrays:
-    kernel = _np(module.weight).T
+    weight = _np(module.weight)
+    kernel = weight.reshape(weight.shape[:2]).T
     order = inputs[0].order
     if order is not None:
         kernel = kernel[np.argsort(order)]
@@ -228,21 +55,23 @@ def _dense_out(module: Any, config: dict[str, Any], inputs: list[Value]) -> Arra
 
 
 def _dense_export(config: dict[str, Any], module: Any) -> None:
-    config["units"] = module.out_features
+    config["units"] = module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
 @layer("Dense", weights_in=_dense_in, weights_out=_dense_out, export=_dense_export, absorbs_order=True)
 def _dense(node: Node, inputs: list[Value]) -> Built:
     v, cfg = _one(node, inputs), node.config
-    if v.channels_last:
-        raise UserError(
-            f"{node.describe()}: Dense on a {len(v.shape)}-d channels_last input is not supported"
-        )
     if cfg.get("lora_rank") or cfg.get("quantization_config"):
         raise UserError(f"{node.describe()}: LoRA and quantized Dense layers are not supported")
-    out = Value((*v.shape[:-1], int(cfg["units"])))
-    linear = nn.Linear(v.shape[-1], out.shape[-1], bias=bool(cfg.get("use_bias", True)))
-    return Built(out, linear, act=_fused_activation(node, out))
+    units, bias = int(cfg["units"]), bool(cfg.get("use_bias", True))
+    if v.channels_last:  # Dense on the channel axis of a map: a 1x1 convolution in torch's layout
+        if len(v.shape) not in (2, 3):
+            raise UserError(f"{node.describe()}: Dense on a {len(v.shape)}-d input is not supported")
+        conv_cls: Any = (nn.Conv1d, nn.Conv2d)[len(v.shape) - 2]
+        out = Value.from_torch((units, *v.torch_shape[1:]), True)
+        return Built(out, conv_cls(v.torch_shape[0], units, 1, bias=bias), act=_fused_activation(node, out))
+    out = Value((*v.shape[:-1], units))
+    return Built(out, nn.Linear(v.shape[-1], units, bias=bias), act=_fused_activation(node, out))
 
 
 # -- convolutions -----------------------------------------------------------------------------------
@@ -277,6 +106,32 @@ def _depthwise_export(config: dict[str, Any], module: Any) -> None:
     config["depth_multiplier"] = module.out_channels // module.groups
 
 
+class SeparableConv(nn.Module):
+    """Keras SeparableConv: a depthwise convolution, then a 1x1 convolution (which holds the bias)."""
+
+    def __init__(self, depthwise: nn.Module, pointwise: nn.Module) -> None:
+        super().__init__()
+        self.depthwise, self.pointwise = depthwise, pointwise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def _separable_in(module: Any, w: Arrays, config: dict[str, Any], inputs: list[Value]) -> None:
+    _depthwise_in(module.depthwise, w[:1], config, inputs)
+    _conv_in(module.pointwise, w[1:], config, inputs)
+
+
+def _separable_out(module: Any, config: dict[str, Any], inputs: list[Value]) -> Arrays:
+    depthwise = _depthwise_out(module.depthwise, config, inputs)
+    return [*depthwise, *_conv_out(module.pointwise, config, inputs)]
+
+
+def _separable_export(config: dict[str, Any], module: Any) -> None:
+    _depthwise_export(config, module.depthwise)
+    config["filters"] = module.pointwise.out_channels
+
+
 def _conv(node: Node, inputs: list[Value]) -> Built:
     v, cfg = _one(node, inputs), node.config
     nd = int(node.cls[-2])
@@ -286,13 +141,16 @@ def _conv(node: Node, inputs: list[Value]) -> Built:
     k, s = _tuple(cfg["kernel_size"], nd), _tuple(cfg["strides"], nd)
     d = _tuple(cfg.get("dilation_rate", 1), nd)
     pads = _padding(node, cfg["padding"], spatial, k, s, d)
-    depthwise = node.cls.startswith("Depthwise")
-    groups = cin if depthwise else int(cfg.get("groups", 1))
-    cout = cin * int(cfg["depth_multiplier"]) if depthwise else int(cfg["filters"])
+    kind, bias = node.cls[: -len("2D")], bool(cfg.get("use_bias", True))
+    groups = int(cfg.get("groups", 1)) if kind == "Conv" else cin
+    cout = int(cfg["filters"]) if kind == "Conv" else cin * int(cfg["depth_multiplier"])
     symmetric = all(a == b for a, b in pads)
     padding = tuple(a for a, _ in pads) if symmetric else 0
     conv_cls: Any = (nn.Conv1d, nn.Conv2d)[nd - 1]
-    conv = conv_cls(cin, cout, k, s, padding, d, groups, bool(cfg.get("use_bias", True)))
+    conv: nn.Module = conv_cls(cin, cout, k, s, padding, d, groups, bias and kind != "SeparableConv")
+    if kind == "SeparableConv":
+        conv = SeparableConv(conv, conv_cls(cout, int(cfg["filters"]), 1, bias=bias))
+        cout = int(cfg["filters"])
     sizes = [_out_size(*args) for args in zip(spatial, pads, k, s, d, strict=True)]
     out = Value.from_torch((cout, *sizes), v.channels_last)
     pad = None if symmetric else _pad_module(pads)
@@ -302,16 +160,8 @@ def _conv(node: Node, inputs: list[Value]) -> Built:
 layer("Conv1D", "Conv2D", weights_in=_conv_in, weights_out=_conv_out, export=_conv_export)(_conv)
 layer("DepthwiseConv1D", "DepthwiseConv2D", weights_in=_depthwise_in, weights_out=_depthwise_out,
       export=_depthwise_export)(_conv)  # fmt: skip
-
-
-@layer("ZeroPadding1D", "ZeroPadding2D")
-def _zero_padding(node: Node, inputs: list[Value]) -> Built:
-    v, nd = _one(node, inputs), int(node.cls[-2])
-    raw = node.config["padding"]
-    pairs = [_tuple(p, 2) for p in raw] if nd == 2 else [_tuple(raw, 2)]
-    pads = [(p[0], p[1]) for p in pairs]
-    sizes = [n + a + b for n, (a, b) in zip(v.torch_shape[1:], pads, strict=True)]
-    return Built(Value.from_torch((v.torch_shape[0], *sizes), v.channels_last), _pad_module(pads))
+layer("SeparableConv1D", "SeparableConv2D", weights_in=_separable_in, weights_out=_separable_out,
+      export=_separable_export)(_conv)  # fmt: skip
 
 
 # -- normalization ----------------------------------------------------------------------------------
@@ -453,93 +303,6 @@ def _global_pool(node: Node, inputs: list[Value]) -> Built:
     return Built(out, GlobalPool("max" if "Max" in node.cls else "mean", tuple(range(2, nd + 2)), keep))
 
 
-# -- reshaping and merging ----------------------------------------------------------------------------
-class KerasFlatten(nn.Module):
-    """Flatten in Keras' feature order (a permute first): used when no Dense can absorb the order."""
+from torchslim.interop import keras_scale, keras_shapes  # noqa: E402, F401  (they register their layers)
 
-    def __init__(self, dims: tuple[int, ...]) -> None:
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(*self.dims).flatten(1)
-
-
-def flatten_dims(v: Value, data_format: str) -> tuple[int, ...]:
-    """The torch dim order (batch first) whose flattening is Keras' Flatten of `v`."""
-    rank = len(v.shape)
-    axes = [*range(1, rank), 0] if data_format == "channels_first" else list(range(rank))
-    return (0, *(Value(v.shape, v.channels_last).torch_dim(a + 1) for a in axes))
-
-
-@layer("Flatten", keeps_order=True)
-def _flatten(node: Node, inputs: list[Value]) -> Built:
-    v = _one(node, inputs)
-    if len(v.shape) <= 1:
-        return Built(v, nn.Flatten())
-    flat = (math.prod(v.shape),)
-    dims = flatten_dims(v, node.config.get("data_format", "channels_last"))
-    if list(dims) == sorted(dims):
-        return Built(Value(flat), nn.Flatten())
-    if node.keras_order:
-        return Built(Value(flat), KerasFlatten(dims))
-    keras_pos = np.arange(flat[0]).reshape(v.torch_shape).transpose([d - 1 for d in dims[1:]]).ravel()
-    return Built(Value(flat, order=np.argsort(keras_pos)), nn.Flatten())
-
-
-class Merge(nn.Module):
-    """Elementwise merge of several same-shaped inputs (Keras Add, Multiply, Average, ...)."""
-
-    def __init__(self, op: str) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        out = xs[0]
-        for x in xs[1:]:
-            if self.op in ("add", "average"):
-                out = out + x
-            elif self.op == "subtract":
-                out = out - x
-            elif self.op == "multiply":
-                out = out * x
-            else:
-                out = torch.maximum(out, x) if self.op == "maximum" else torch.minimum(out, x)
-        return out / len(xs) if self.op == "average" else out
-
-
-@layer("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-def _merge(node: Node, inputs: list[Value]) -> Built:
-    if len({(v.shape, v.channels_last) for v in inputs}) != 1:
-        raise UserError(f"{node.describe()}: inputs of different shapes {[v.shape for v in inputs]}")
-    return Built(replace(inputs[0], order=None), Merge(node.cls.lower()))
-
-
-class Concat(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return torch.cat(xs, dim=self.dim)
-
-
-@layer("Concatenate")
-def _concatenate(node: Node, inputs: list[Value]) -> Built:
-    first, axis = inputs[0], int(node.config.get("axis", -1))
-    keras_axis = axis % (len(first.shape) + 1)
-    if keras_axis == 0 or any(len(v.shape) != len(first.shape) for v in inputs):
-        raise UserError(
-            f"{node.describe()}: cannot concatenate shapes {[v.shape for v in inputs]} on axis {axis}"
-        )
-    shape = list(first.shape)
-    shape[keras_axis - 1] = sum(v.shape[keras_axis - 1] for v in inputs)
-    return Built(Value(tuple(shape), first.channels_last), Concat(first.torch_dim(axis)))
-
-
-@layer("InputLayer")
-def _input(node: Node, inputs: list[Value]) -> Built:
-    shape = node.config.get("batch_shape") or node.config.get("batch_input_shape") or [None, None]
-    if any(not isinstance(n, int) for n in shape[1:]):
-        raise UserError(f"{node.describe()}: every dimension but the batch must be fixed, got {shape}")
-    return Built(Value(tuple(shape[1:]), node.channels_last and len(shape) >= 3))
+__all__ = ["LAYERS", "Built", "Node", "Value"]
