@@ -125,15 +125,31 @@ def _at_macs(
     return best if best is not None else prune(copy.deepcopy(model), x, hi, **kw)
 
 
-def _finetune(task: Any, model: nn.Module, epochs: int) -> float:
+def _finetune(task: Any, model: nn.Module, epochs: int, lr: float = 1e-3) -> float:
     fit(
         model,
         lambda e: task.train_loader(seed=e),
         lambda m, i, t: task.loss(call(m, i), t),
         epochs=epochs,
-        lr=1e-3,
+        lr=lr,
     )
     return float(task.evaluate(model))
+
+
+def _defaults_row(task: Any, base: nn.Module, x: Any, factor: int) -> list[Any]:
+    """The first recipe beside the tuned row: `macs_target` alone and the default fine-tune."""
+    model = _at_macs_target(base, x, 1 / factor)
+    epochs, lr = finetune_defaults(task)
+    acc = _finetune(task, model, epochs, lr)
+    recipe = f"ChannelConfig(macs_target={1 / factor:g})"
+    note = f"first recipe: {recipe}, default finetune ({epochs} epochs, lr {lr:g})"
+    return [f"{task.name} {factor}x MACs, defaults", count_macs(model, x), "", "", f"{note}: {acc:.4f}"]
+
+
+def _at_macs_target(base: nn.Module, x: Any, target: float) -> nn.Module:
+    model = copy.deepcopy(base)
+    prune_channels_(model, ts.ChannelConfig(macs_target=target), x)
+    return model
 
 
 def _resnet18_rows(table: Table, quick: bool) -> None:
@@ -202,6 +218,8 @@ def _accuracy_rows(table: Table, quick: bool) -> None:
                     f"torchslim ({best}) {ours[best]:.4f} / torch-pruning {theirs:.4f}",
                 ]
             )
+            if not quick:
+                table.rows.append(_defaults_row(task, base, x, factor))
             if factor == 2:
                 gap = dense_acc - ours[best]
                 table.notes.append(
