@@ -32,7 +32,9 @@ from torchslim.prune import pattern as nm
 from torchslim.prune.api import PruneReport, report
 from torchslim.prune.importance import ImportanceInput, register_importance
 from torchslim.prune.masks import get_mask, record, set_mask
-from torchslim.prune.targets import Target, find_targets
+from torchslim.prune.targets import LAYER_KINDS, Target, find_targets
+from torchslim.quant.conv1d import is_conv1d
+from torchslim.targeting import is_selected
 
 
 def keep_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -168,11 +170,23 @@ METHODS: dict[str, Callable[[SparsityConfig, dict[str, Target]], Any]] = {
 
 
 def block_targets(model: nn.Module, config: SparsityConfig) -> list[Target]:
-    """The selected Linear weights inside the model's repeated blocks."""
+    """The selected Linear-like weights inside the model's repeated blocks (GPT-2's Conv1D included:
+    `find_targets` does not know it, so its targets are made here, with the Linear kind)."""
     stack = find_layers(model)
-    inside = {f"{stack.name(i)}.{name}" for i, block in enumerate(stack.layers) for name in linears(block)}
-    found = [t for t in find_targets(model, config.include, config.exclude) if t.param == "weight"]
-    chosen = [t for t in found if t.module_name in inside]
+    inside = {
+        f"{stack.name(i)}.{name}": m
+        for i, block in enumerate(stack.layers)
+        for name, m in linears(block).items()
+    }
+    found = {
+        t.module_name: t for t in find_targets(model, config.include, config.exclude) if t.param == "weight"
+    }
+    linear = LAYER_KINDS.get("linear")
+    chosen = [
+        found.get(name) or Target(name, name, module, "weight", linear)
+        for name, module in inside.items()
+        if name in found or (is_conv1d(module) and is_selected(name, config.include, config.exclude))
+    ]
     if not chosen:
         raise UserError(
             f"importance {config.importance!r}: no Linear layer of {stack.path!r} is selected "
