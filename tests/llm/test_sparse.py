@@ -89,13 +89,14 @@ def test_nm_pattern_is_exact_for_every_criterion(llama: Any, importance: str, pa
         assert (groups == n).all(), name
 
 
-def test_sparsegpt_reconstruction_lowers_the_layer_output_error() -> None:
+@pytest.mark.parametrize("cols", [64, 200])  # one block of columns, and two (the second partial)
+def test_sparsegpt_reconstruction_lowers_the_layer_output_error(cols: int) -> None:
     torch.manual_seed(3)
-    x = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs, as a layer's are
-    w = torch.randn(48, 64)
-    hinv = inverse_hessian_factor((x.T @ x / 512).double(), 0.01).float()
+    x = torch.randn(1024, cols) @ torch.randn(cols, cols)  # correlated inputs, as a layer's are
+    w = torch.randn(48, cols)
+    hinv = inverse_hessian_factor((x.T @ x / 1024).double(), 0.01).float()
     for pattern in (None, (2, 4)):
-        rebuilt, keep = sparsegpt_prune(w, hinv, 0.5, pattern)
+        rebuilt, keep = sparsegpt_prune(w, hinv, 0.5, pattern, block=128)
         assert torch.equal(rebuilt == 0, ~keep | (rebuilt == 0)) and int((~keep).sum()) == w.numel() // 2
         ref = x @ w.T
         plain = (x @ (w * keep).T - ref).square().sum() / ref.square().sum()

@@ -135,6 +135,8 @@ def sparsegpt_prune(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on `w` `[out, in]` with `hinv` the upper Cholesky factor of H^-1: (new weights, keep)."""
     rows, cols = w.shape
+    if pattern is not None:  # blocks hold whole groups
+        block = max(pattern[1], block - block % pattern[1])
     work = w.clone()
     keep = torch.ones(rows, cols, dtype=torch.bool)
     diag = torch.diag(hinv)
@@ -145,11 +147,13 @@ def sparsegpt_prune(
             target = round(sparsity * rows * end) - done
             scores = work[:, start:end].square() / diag[start:end].square()[None, :]
             order = torch.argsort(scores.flatten(), stable=True)[:target]
-            keep[:, start:end].view(-1)[order] = False
+            chosen = torch.ones(rows * (end - start), dtype=torch.bool)
+            chosen[order] = False
+            keep[:, start:end] = chosen.view(rows, end - start)
             done += target
         errs = torch.empty(rows, end - start)
         for i in range(start, end):
-            if pattern is not None and (i - start) % pattern[1] == 0:
+            if pattern is not None and i % pattern[1] == 0:
                 n, m = pattern
                 scores = work[:, i : i + m].square() / diag[i : i + m].square()[None, :]
                 keep[:, i : i + m] = nm.keep_nm(scores, n, m)
