@@ -162,3 +162,14 @@ def test_bad_requests_name_the_fix(llama: Any) -> None:
         ts.SparsityConfig(pattern="4:2")
     with pytest.raises(UserError, match="not a multiple of 8"):
         ts.prune_(torch.nn.Sequential(torch.nn.Linear(30, 4)), ts.SparsityConfig(pattern="4:8"))
+
+
+def test_include_selects_blocks_and_the_others_pass_their_outputs_on(llama: Any) -> None:
+    model = copy.deepcopy(llama)
+    rep = ts.prune_(
+        model, ts.SparsityConfig(sparsity=0.5, importance="sparsegpt", include=["*.layers.1.*"]), data=_data()
+    )
+    masked = {n for n, *_ in iter_masks(model)}
+    assert masked and all(n.startswith("model.layers.1.") for n in masked)
+    assert rep.extra["block_output_error"]["model.layers.0"] == 0.0
+    assert rep.extra["block_output_error"]["model.layers.1"] > 0.0

@@ -219,6 +219,9 @@ def _process(
     block: nn.Module, cache: list[Captured], method: Method, targets: dict[str, nn.Module]
 ) -> tuple[list[Captured], float]:
     """Observe, compress, re-run: the block's new outputs as the next inputs, and its relative error."""
+    if not targets:  # nothing selected here: one pass carries the inputs on
+        with torch.no_grad():
+            return [c.with_hidden(run_block(block, c)) for c in cache], 0.0
     handles = list(_watch(method, targets))
     try:
         with torch.no_grad():
