@@ -204,13 +204,17 @@ print(json.dumps(rep.extra))
 @benchmark("llm_sparse_memory")
 def memory(quick: bool) -> Table:
     config = dict(MEMORY_CONFIG, num_hidden_layers=4) if quick else MEMORY_CONFIG
-    windows = 4 if quick else 16
+    windows = 4 if quick else 8
     table = Table("Pruning a ~1 B-parameter Llama checkpoint (random bf16 weights) from disk, SparseGPT 50%",
                   ["parameters", "checkpoint MB", "peak RSS MB", "peak / checkpoint", "seconds"])  # fmt: skip
     with tempfile.TemporaryDirectory(dir=os.environ.get("TORCHSLIM_BENCH_TMP")) as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
-        src.mkdir()
-        _write_random_checkpoint(src, config)
+        kept = os.environ.get("TORCHSLIM_LLAMA1B")  # a checkpoint this function wrote before (seeded)
+        if kept and not quick:
+            src = Path(kept)
+        else:
+            src.mkdir()
+            _write_random_checkpoint(src, config)
         size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         started = time.perf_counter()

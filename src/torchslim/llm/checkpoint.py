@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,19 @@ def weight_map(path: Path) -> dict[str, str]:
         return dict.fromkeys(f.keys(), single.name)
 
 
-def read(path: Path, keys: Iterable[str], files: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The named tensors, each shard opened once and closed after (its mapping released)."""
+def each(path: Path, keys: Iterable[str], files: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The named tensors one at a time, each shard opened once and closed after (its mapping released)."""
     by_file: dict[str, list[str]] = {}
     for key in keys:
         by_file.setdefault(files[key], []).append(key)
-    out = {}
     for name, names in by_file.items():
         with safe_open(str(path / name), "pt") as f:
-            out.update({k: f.get_tensor(k) for k in names})
-    return out
+            for key in names:
+                yield key, f.get_tensor(key)
+
+
+def read(path: Path, keys: Iterable[str], files: dict[str, str]) -> dict[str, torch.Tensor]:
+    return dict(each(path, keys, files))
 
 
 def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
@@ -127,7 +130,7 @@ class ShardStore:
     def load(self, index: int, block: nn.Module) -> nn.Module:
         prefix = f"{self.stack.name(index)}."
         keys = [k for k in self.files if k.startswith(prefix)]
-        for key, value in read(self.source, keys, self.files).items():
+        for key, value in each(self.source, keys, self.files):  # converted one by one
             self.dtypes[key] = value.dtype
             _set_tensor(self.model, key, value.to(self.compute))
         return block

@@ -26,13 +26,16 @@ class Hessian:
 
     def update(self, x: torch.Tensor) -> None:
         flat = flat_inputs(x)
-        h = flat.T @ flat
-        self.total = h if self.total is None else self.total + h
+        if self.total is None:
+            self.total = flat.T @ flat
+        else:
+            self.total.addmm_(flat.T, flat)  # in place: no second [in, in] matrix
         self.tokens += flat.shape[0]
 
     def value(self) -> torch.Tensor:
+        """The mean, in place (a wide layer's H is large: no second copy is made)."""
         assert self.total is not None, "no inputs were observed"
-        return self.total / max(self.tokens, 1)
+        return self.total.div_(max(self.tokens, 1))
 
 
 class ColumnNorms:
