@@ -173,3 +173,28 @@ def test_include_selects_blocks_and_the_others_pass_their_outputs_on(llama: Any)
     assert masked and all(n.startswith("model.layers.1.") for n in masked)
     assert rep.extra["block_output_error"]["model.layers.0"] == 0.0
     assert rep.extra["block_output_error"]["model.layers.1"] > 0.0
+
+
+def test_sparsegpt_shares_one_hessian_between_layers_that_read_one_input(llama: Any) -> None:
+    from torchslim.llm.sparse import SparseGPT, block_targets
+
+    config = ts.SparsityConfig(sparsity=0.5, importance="sparsegpt")
+    targets = {t.module_name: t for t in block_targets(llama, config)}
+    method = SparseGPT(config, targets)
+    shared: dict[str, Any] = {}
+
+    class Peek(SparseGPT):
+        def apply(self, name: str, module: Any) -> None:
+            shared[name] = self.hessians[name]
+
+    peek = Peek(config, targets)
+    from torchslim.llm import engine
+
+    engine.run(copy.deepcopy(llama), _data(2), peek, set(targets))
+    layer = "model.layers.0."
+    q, k, v, o = (shared[layer + f"self_attn.{p}_proj"] for p in "qkvo")
+    gate, up, down = (shared[layer + f"mlp.{p}_proj"] for p in ("gate", "up", "down"))
+    assert q is k is v and gate is up
+    assert len({id(q), id(o), id(gate), id(down)}) == 4
+    assert q.tokens == 2 * 4 * 16  # each token counted once, not once per reader
+    assert method.hessians == {}

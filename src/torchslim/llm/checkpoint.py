@@ -128,12 +128,22 @@ class ShardStore:
         self.out: Path | None = None
 
     def load(self, index: int, block: nn.Module) -> nn.Module:
+        if index == 0:  # the calibration inputs are captured: embeddings are not needed any more
+            self._offload_outside()
         prefix = f"{self.stack.name(index)}."
         keys = [k for k in self.files if k.startswith(prefix)]
         for key, value in each(self.source, keys, self.files):  # converted one by one
             self.dtypes[key] = value.dtype
             _set_tensor(self.model, key, value.to(self.compute))
         return block
+
+    def _offload_outside(self) -> None:
+        for name, module in self.model.named_modules():
+            if not _inside(name, self.stack):
+                for key, p in list(module._parameters.items()):
+                    if p is not None and not p.is_meta:
+                        module._parameters[key] = nn.Parameter(p.to("meta"), requires_grad=False)
+        gc.collect()
 
     def release(self, index: int, block: nn.Module) -> None:
         from torchslim.prune.masks import make_permanent

@@ -36,7 +36,8 @@ class Method(Protocol):
     """One algorithm the engine feeds (llm-compressor's modifier shape, without lifecycle globals)."""
 
     def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
-        """See one input batch `x` (`[..., in_features]`) of the Linear `name` (its full model name)."""
+        """See one input batch `x` (`[..., in_features]`) of the Linear `name` (its full model name); the
+        same tensor object reaches every layer that reads it (q, k and v of one attention)."""
         ...
 
     def apply(self, name: str, module: nn.Module) -> None:
@@ -172,7 +173,8 @@ def _watch(method: Method, targets: dict[str, nn.Module]) -> Iterator[Any]:
     for name, module in targets.items():
 
         def hook(m: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
-            method.observe(_name, m, args[0].detach())
+            # the tensor itself (runs under no_grad): layers fed the same object can tell they share it
+            method.observe(_name, m, args[0])
 
         yield module.register_forward_pre_hook(hook)
 

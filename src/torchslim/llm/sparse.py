@@ -98,21 +98,37 @@ def _already_pruned(t: Target, scores: torch.Tensor) -> torch.Tensor:
 
 
 class SparseGPT(_Base):
+    """Layers that read the same input tensor (q, k, v; gate, up) share one H and its inverse factor."""
+
     def __init__(
         self, config: SparsityConfig, targets: dict[str, Target], damp: float = 0.01, block: int = 128
     ) -> None:
         super().__init__(config, targets)
         self.hessians: dict[str, Hessian] = {}
+        self.seen: dict[int, tuple[torch.Tensor, Hessian]] = {}  # this batch's inputs -> their H
+        self.factors: dict[int, torch.Tensor] = {}
         self.damp, self.block = damp, block
         self.new_masks = {}
 
     def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
-        self.hessians.setdefault(name, Hessian()).update(x)
+        shared = self.seen.get(x.data_ptr())
+        if shared is not None and shared[0] is x:  # the very tensor another layer saw: counted once
+            self.hessians.setdefault(name, shared[1])
+            return
+        h = self.hessians.setdefault(name, Hessian())
+        h.update(x)
+        self.seen = {x.data_ptr(): (x, h)}
 
     def apply(self, name: str, module: nn.Module) -> None:
-        w = self.weight_rows(name)
-        hinv = inverse_hessian_factor(self.hessians.pop(name).value(), self.damp)
-        rows, keep = sparsegpt_prune(w, hinv, self.sparsity, self.pattern, self.block)
+        self.seen = {}
+        h = self.hessians.pop(name)
+        key = id(h)
+        if key not in self.factors:
+            self.factors[key] = inverse_hessian_factor(h.value(), self.damp)
+        hinv = self.factors[key]
+        if not any(other is h for other in self.hessians.values()):
+            del self.factors[key]  # the last layer of its input
+        rows, keep = sparsegpt_prune(self.weight_rows(name), hinv, self.sparsity, self.pattern, self.block)
         self.write(name, rows, keep)
 
 
