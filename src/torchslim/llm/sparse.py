@@ -124,7 +124,7 @@ class SparseGPT(_Base):
         h = self.hessians.pop(name)
         key = id(h)
         if key not in self.factors:
-            self.factors[key] = inverse_hessian_factor(h.value(), self.damp)
+            self.factors[key] = inverse_hessian_factor(h.take(), self.damp)
         hinv = self.factors[key]
         if not any(other is h for other in self.hessians.values()):
             del self.factors[key]  # the last layer of its input

@@ -37,6 +37,12 @@ class Hessian:
         assert self.total is not None, "no inputs were observed"
         return self.total.div_(max(self.tokens, 1))
 
+    def take(self) -> torch.Tensor:
+        """The mean, handed over: this object lets go of it (its consumer may free it early)."""
+        out = self.value()
+        self.total = None
+        return out
+
 
 class ColumnNorms:
     """Per input feature, the L2 norm of its values over every token seen (Wanda's ||X_j||_2)."""
