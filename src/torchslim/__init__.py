@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from torchslim import interop, prune, zoo
+from torchslim import interop, llm, prune, zoo
 from torchslim.config import ChannelConfig, DistillConfig, QuantConfig, SparsityConfig
 from torchslim.distill.api import distill
 from torchslim.errors import ManifestError, UserError
@@ -29,6 +29,7 @@ __all__ = [
     "distill",
     "export_onnx",
     "interop",
+    "llm",
     "load",
     "make_permanent",
     "measure",

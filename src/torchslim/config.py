@@ -84,7 +84,13 @@ class SparsityConfig(BaseConfig):
     """Alternative to `sparsity`: the fraction of selected weights kept, in (0, 1] (0.9 keeps 90%)."""
     importance: str = "magnitude"
     """Criterion by registered name: magnitude, magnitude_bn (BatchNorm folded in), taylor, entropy,
-    random, or a user's own."""
+    random, or a user's own; for transformers, `wanda` (|w| x input norm, per output row) and `sparsegpt`
+    (second order, the kept weights reconstructed), which run one layer at a time through
+    `torchslim.llm.engine` on the Linear layers of the model's repeated blocks and need `data`."""
+    pattern: str | None = None
+    """N:M semi-structured sparsity, e.g. "2:4" or "4:8": in every group of M consecutive weights along a
+    row (a Linear's input dimension), N are kept, whatever the criterion; `sparsity` is then 1 - N/M
+    (may be omitted) and `scope` does not apply. None: unstructured."""
     scope: Literal["layer", "global"] = "global"
     """`global` (default): one ranking across all selected layers, so thin layers keep more of their
     weights (after fine-tuning it beats `layer` at every sparsity in the benchmark); `layer`: each layer
@@ -111,6 +117,8 @@ class SparsityConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         _check(self.rounds is None or self.rounds >= 1, "SparsityConfig", "rounds", "must be >= 1")
+        if self.pattern is not None:
+            self._pattern_sparsity()
         _one_of(
             "SparsityConfig", {"sparsity": self.sparsity, "threshold": self.threshold, "retain": self.retain}
         )
@@ -119,6 +127,25 @@ class SparsityConfig(BaseConfig):
         _check(self.threshold is None or self.threshold >= 0, "SparsityConfig", "threshold", "must be >= 0")
         _check(self.scope in ("layer", "global"), "SparsityConfig", "scope", "must be 'layer' or 'global'")
         _check(self.allocation in ("uniform", "auto"), "SparsityConfig", "allocation", "must be uniform|auto")
+
+    def _pattern_sparsity(self) -> None:
+        """With a pattern, `sparsity` is 1 - N/M: filled in when omitted, refused when it differs."""
+        from torchslim.prune.pattern import sparsity_of  # prune imports config: no cycle at import time
+
+        assert self.pattern is not None
+        implied = sparsity_of(self.pattern)
+        given = self.sparsity if self.retain is None else 1.0 - self.retain
+        _check(self.threshold is None, "SparsityConfig", "threshold", "a pattern fixes the sparsity: omit it")
+        _check(self.allocation == "uniform", "SparsityConfig", "allocation", "a pattern needs uniform")
+        _check(
+            given is None or abs(given - implied) < 1e-9,
+            "SparsityConfig",
+            "sparsity",
+            f"pattern {self.pattern} keeps {1 - implied:g} of the weights (sparsity {implied:g}); "
+            f"got {given}: omit sparsity or set it to {implied:g}",
+        )
+        object.__setattr__(self, "sparsity", implied)
+        object.__setattr__(self, "retain", None)
 
 
 @register_config

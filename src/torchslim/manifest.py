@@ -76,6 +76,7 @@ CODEC_FIELDS: dict[str, set[str]] = {
     "sparse_bitmask": {"parts", "shape", "dtype"},
     "sparse_index": {"parts", "shape", "dtype", "limit"},
     "packed_bits": {"parts", "shape", "dtype"},
+    "sparse_nm": {"parts", "shape", "dtype", "n", "m"},
 }
 """Fields each codec needs; a codec registered elsewhere adds its entry here."""
 
@@ -88,6 +89,9 @@ class Encoding(Strict):
     dtype: DType | None = None
     limit: Literal[255, 65535] | None = None
     invert: bool | None = None
+    n: Annotated[int, Field(ge=1, le=7)] | None = None
+    """sparse_nm: at most `n` nonzeros in every group of `m` consecutive entries."""
+    m: Annotated[int, Field(ge=2, le=8)] | None = None
     zstd: Annotated[dict[Name, Zstd], Field(max_length=8)] = {}
 
     @model_validator(mode="after")

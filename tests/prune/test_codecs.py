@@ -7,7 +7,7 @@ from unstructured_fixtures import one_thread as one_thread
 
 import torchslim as ts
 from torchslim import io
-from torchslim.prune.codecs import PackedBits, SparseBitmask, SparseIndex
+from torchslim.prune.codecs import PackedBits, SparseBitmask, SparseIndex, SparseNM
 from torchslim.prune.masks import iter_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,3 +108,39 @@ def test_saved_size_falls_with_sparsity_and_meets_the_target_at_90(lenet) -> Non
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[2] <= 0.2 * dense  # 90% sparsity: at most a fifth of the dense fp32 file
     assert sizes[0] < 0.62 * dense
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_sparse_nm_round_trips_exactly_and_beats_the_bitmask(n: int, m: int, dtype: torch.dtype) -> None:
+    from torchslim.prune.pattern import keep_nm
+
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 64, generator=gen)
+    t = (w * keep_nm(w.abs(), n, m)).to(dtype)
+    t[0, :8] = 0  # groups with fewer than n nonzeros are still N:M
+    stored, meta = SparseNM().encode("w", t)
+    assert (meta["n"], meta["m"]) == (n, m)
+    assert torch.equal(SparseNM().decode(stored, meta), t)
+    rank_bits = {(2, 4): 3, (4, 8): 7, (1, 4): 2}[(n, m)]
+    assert stored["w::ranks"].numel() == t.numel() // m * rank_bits // 8
+    bitmask = SparseBitmask().encode("w", t)
+    assert bitmask is not None and sum(p.numel() * p.element_size() for p in stored.values()) < sum(
+        p.numel() * p.element_size() for p in bitmask[0].values()
+    )
+    keep = keep_nm(w.abs(), n, m)
+    stored, meta = SparseNM().encode("k", keep)  # an N:M mask: ranks only
+    assert list(stored) == ["k::ranks"] and torch.equal(SparseNM().decode(stored, meta), keep)
+
+
+def test_sparse_nm_declines_tensors_that_break_every_pattern() -> None:
+    assert SparseNM().encode("w", _sparse((16, 16), 0.3)) is None
+    assert SparseNM().encode("m", torch.rand(16, 16) < 0.3) is None
+
+
+def test_sparse_nm_refuses_corrupt_ranks() -> None:
+    t = torch.tensor([1.0, 0.0, 2.0, 0.0] * 8)
+    stored, meta = SparseNM().encode("w", t)
+    stored["w::ranks"] = torch.full_like(stored["w::ranks"], 255)  # rank 7 of 6 choices
+    with pytest.raises(ts.ManifestError, match="rank"):
+        SparseNM().decode(stored, meta)

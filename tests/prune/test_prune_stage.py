@@ -152,3 +152,17 @@ def test_shipped_recipe_style_yaml_parses(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(text)
     assert load_recipe(path).stages[0][1].schedule.kind == "gradual"
+
+
+def test_prune_block_takes_a_pattern_and_layerwise_criteria_one_shot() -> None:
+    recipe = parse_recipe(_recipe({"prune": {"importance": "sparsegpt", "pattern": "2:4", "batches": 4}}))
+    config = recipe.stages[0][1].config()
+    assert config == ts.SparsityConfig(sparsity=0.5, importance="sparsegpt", pattern="2:4")
+    for block in (
+        {"importance": "wanda", "sparsity": 0.5, "schedule": {"steps": 3}},
+        {"pattern": "2:4", "soft": True},
+    ):
+        with pytest.raises(UserError, match="one-shot"):
+            parse_recipe(_recipe({"prune": block}))
+    with pytest.raises(UserError, match="omit sparsity"):
+        parse_recipe(_recipe({"prune": {"pattern": "4:8", "sparsity": 0.6}}))

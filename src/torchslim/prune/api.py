@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchslim.config import BaseConfig, SparsityConfig
 from torchslim.data import limit
 from torchslim.errors import UserError
-from torchslim.prune import select
+from torchslim.prune import pattern, select
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn
 from torchslim.prune.masks import get_mask, record, set_mask
 from torchslim.prune.schedule import cubic_sparsity
@@ -43,9 +43,12 @@ class PruneReport:
     layer_sparsity: dict[str, float]
     sensitivity: dict[str, list[list[float]]] = field(default_factory=dict)
     """With `allocation="auto"`: per layer, `[sparsity, held loss]` points of the scan."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What else the method reports (the layer-by-layer engine: blocks, peak memory, output errors)."""
 
     def notes(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sparsity": round(self.sparsity, 6), "layer_sparsity": self.layer_sparsity}
+        out.update(self.extra)
         if self.sensitivity:
             out.update(sensitivity=self.sensitivity, sensitivity_metric=SENSITIVITY_METRIC)
         return out
@@ -109,6 +112,9 @@ def prune_unstructured(
     With several rounds (`SparsityConfig.rounds`) each layer's sparsity climbs the cubic schedule from
     where its hard mask stands to its target, and the weights still alive are re-scored every round.
     """
+    layerwise = IMPORTANCE.get(config.importance).layerwise
+    if layerwise is not None:  # wanda, sparsegpt: one block at a time through the calibration engine
+        return layerwise(model, config, data)
     p = plan(model, config, data, loss, seed)
     scores = _scores(p)
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -117,7 +123,7 @@ def prune_unstructured(
         assert sparsity is not None and p.inputs.data is not None
         counts, curves = auto_counts(model, p, scores, sparsity)
         layer_sparsity = {t.name: counts[t.name] / t.numel() for t in p.targets}
-    rounds = 1 if config.threshold is not None else resolved_rounds(config)
+    rounds = 1 if config.threshold is not None or config.pattern else resolved_rounds(config)
     start = _hard_sparsity(p.targets)
     for k in range(rounds):
         if k:
@@ -156,6 +162,8 @@ def _choose(
     config = p.config
     if config.threshold is not None:
         return select.by_threshold(scores, config.threshold)
+    if config.pattern is not None:
+        return pattern.by_pattern(scores, config.pattern)
     sizes = {t.name: t.numel() for t in p.targets}
     final = target_sparsity(config) or 0.0
     goals = layer_sparsity if layer_sparsity is not None else dict.fromkeys(sizes, final)

@@ -6,6 +6,11 @@
   c < M means "advance c + 1 and place the next value", the code M means "advance M, place nothing",
   so any gap is representable (Deep Compression's relative indices, with an escape instead of
   filler zeros). About nnz * (1 or 2 + itemsize) bytes: best at high sparsity.
+- `sparse_nm`: N:M sparsity (at most N nonzeros in every M consecutive entries, as 2:4 / 4:8 pruning
+  leaves): per group, which N positions hold the values, as its rank among the C(M, N) choices in
+  ceil(log2 C(M, N)) bits (3 bits per 2:4 group, 7 per 4:8 group), + N values per group. About
+  n * (bits / M / 8 + N / M * itemsize) bytes: below the bitmask's n / 8 for the index. Bool tensors
+  with exactly N set per group (the masks of N:M pruning) store the ranks alone.
 - `packed_bits`: a bool tensor (a mask buffer) as packed bits, n/8 bytes. `sparse_index` also takes
   bools, listing the positions of the rarer value, which wins for masks at high or low sparsity.
 
@@ -14,6 +19,8 @@ Decoding restores every value exactly (a stored -0.0 comes back as 0.0, which co
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -168,6 +175,88 @@ def _parts(tensors: dict[str, torch.Tensor], suffix: str) -> list[torch.Tensor]:
     return [t for k, t in tensors.items() if k.endswith(suffix)]
 
 
+NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8), (1, 8))
+"""Layouts `sparse_nm` tries; the smallest that holds wins (and `_smallest_encoding` compares codecs)."""
+
+
+def _nm_parts(
+    name: str, flat: torch.Tensor, dtype: torch.dtype, n: int, m: int
+) -> tuple[dict[str, torch.Tensor], int, int] | None:
+    """Parts of `flat` in the n:m layout, or None when some group breaks it."""
+    groups = flat.reshape(-1, m)
+    marked = groups if dtype == torch.bool else groups != 0
+    count = marked.sum(1)
+    if bool((count != n).any()) if dtype == torch.bool else bool((count > n).any()):
+        return None
+    # a group with fewer than n nonzeros also lists zeros: nonzeros first, then by position
+    order = torch.argsort(marked.to(torch.int8), dim=1, descending=True, stable=True)[:, :n]
+    chosen = torch.zeros_like(marked).scatter_(1, order, True)
+    ranks = _rank_table(n, m)[(chosen.long() << torch.arange(m)).sum(1)]
+    out = {f"{name}::ranks": _pack_codes(ranks, _rank_bits(n, m))}
+    if dtype != torch.bool:
+        out[f"{name}::values"] = groups[chosen].clone()
+    return out, n, m
+
+
+def _combinations(n: int, m: int) -> torch.Tensor:
+    """Every choice of `n` positions of `m`, as bool rows `[C(m, n), m]`, in lexicographic order."""
+    rows = [[j in c for j in range(m)] for c in itertools.combinations(range(m), n)]
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def _rank_table(n: int, m: int) -> torch.Tensor:
+    """Bit pattern of a group's chosen positions (sum of 1 << j) -> its rank; -1 where not n bits."""
+    table = torch.full((1 << m,), -1, dtype=torch.int64)
+    combos = _combinations(n, m)
+    codes = (combos.long() << torch.arange(m)).sum(1)
+    table[codes] = torch.arange(combos.shape[0])
+    return table
+
+
+def _rank_bits(n: int, m: int) -> int:
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Non-negative ints < 2**bits (bits <= 8) as a packed little-endian bit stream."""
+    low = np.unpackbits(codes.to(torch.uint8).numpy()[:, None], axis=1, bitorder="little")[:, :bits]
+    return torch.from_numpy(np.packbits(low.flatten(), bitorder="little"))
+
+
+def _unpack_codes(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    flat = np.unpackbits(packed.numpy(), count=count * bits, bitorder="little").reshape(count, bits)
+    return torch.from_numpy(np.packbits(flat, axis=1, bitorder="little")[:, 0].astype(np.int64))
+
+
+class SparseNM:
+    def encode(self, name: str, tensor: torch.Tensor) -> Encoded:
+        if tensor.numel() < MIN_NUMEL or tensor.is_complex():
+            return None
+        flat = tensor.detach().cpu().flatten()
+        found = [_nm_parts(name, flat, tensor.dtype, n, m) for n, m in NM_PATTERNS if flat.numel() % m == 0]
+        options = [(parts, {**_meta(tensor), "n": n, "m": m}) for parts, n, m in filter(None, found)]
+        if not options:
+            return None
+        return min(options, key=lambda o: sum(t.numel() * t.element_size() for t in o[0].values()))
+
+    def decode(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        total, dtype, n, m = _numel(meta), _dtype(meta), int(meta["n"]), int(meta["m"])
+        if n >= m or total % m:
+            raise ManifestError(f"corrupted: sparse_nm {n}:{m} for a tensor of {total} elements")
+        count, bits = total // m, _rank_bits(n, m)
+        ranks = _unpack_codes(_part(tensors, "::ranks", torch.uint8, (count * bits + 7) // 8), count, bits)
+        combos = _combinations(n, m)
+        if count and int(ranks.max()) >= combos.shape[0]:
+            raise ManifestError(f"corrupted: sparse_nm rank {int(ranks.max())} of {combos.shape[0]} choices")
+        chosen = combos[ranks]
+        if dtype == torch.bool:
+            return chosen.reshape(meta["shape"])
+        out = torch.zeros(count, m, dtype=dtype)
+        out[chosen] = _part(tensors, "::values", dtype, count * n)
+        return out.reshape(meta["shape"])
+
+
 io.CODECS.register("sparse_bitmask", SparseBitmask())
+io.CODECS.register("sparse_nm", SparseNM())
 io.CODECS.register("sparse_index", SparseIndex())
 io.CODECS.register("packed_bits", PackedBits())

@@ -57,6 +57,9 @@ class Criterion:
     rounds: int = 1
     """Score-and-prune rounds when `SparsityConfig.rounds` is None: more than 1 for criteria whose
     scores change as other weights go (gradients), 1 where they do not (a weight's own magnitude)."""
+    layerwise: Callable[..., Any] | None = None
+    """`prune(model, config, data) -> PruneReport` for a criterion that prunes by itself, one block of a
+    transformer at a time (wanda, sparsegpt: `torchslim.llm.sparse`); None: scores ranked by `prune_`."""
 
 
 IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
@@ -69,12 +72,13 @@ def register_importance(
     needs_data: bool = False,
     rounds: int = 1,
     replace: bool = False,
+    layerwise: Callable[..., Any] | None = None,
 ) -> Any:
     """Register `fn(ImportanceInput) -> {target name: scores}` under `name` (usable as a decorator);
     `rounds` is its default number of score-and-prune rounds (see `Criterion.rounds`)."""
 
     def add(f: CriterionFn) -> CriterionFn:
-        IMPORTANCE.register(name, Criterion(f, needs_data, rounds), replace=replace)
+        IMPORTANCE.register(name, Criterion(f, needs_data, rounds, layerwise), replace=replace)
         return f
 
     return add(fn) if fn is not None else add

@@ -124,7 +124,10 @@ class UnstructuredSpec(StageSpec):
     retain: float | None = Field(None, gt=0, le=1)
     """Instead of sparsity: the fraction of selected weights kept."""
     importance: str = "magnitude"
-    """Criterion: magnitude, magnitude_bn, taylor, entropy, random or a registered one."""
+    """Criterion: magnitude, magnitude_bn, taylor, entropy, random, wanda, sparsegpt or a registered one."""
+    pattern: str | None = None
+    """N:M semi-structured sparsity ("2:4", "4:8"): N kept in every M weights along a row; sparsity may
+    then be omitted (it is 1 - N/M)."""
     scope: Literal["layer", "global"] = "global"
     """global (default): one ranking across layers; layer: every layer reaches the sparsity."""
     allocation: Literal["uniform", "auto"] = "uniform"
@@ -163,6 +166,9 @@ class UnstructuredSpec(StageSpec):
         needs_target = self.schedule.resolved() != "oneshot" or self.soft
         if needs_target and target_sparsity(config) is None:
             raise ValueError("a schedule or soft masks need a sparsity or retain target, not a threshold")
+        one_shot = config.pattern is not None or IMPORTANCE.get(config.importance).layerwise is not None
+        if one_shot and needs_target:
+            raise ValueError(f"importance {config.importance} / a pattern prunes one-shot with hard masks")
         return self
 
     def config(self) -> SparsityConfig:

@@ -1,0 +1,15 @@
+"""Methods for large transformers, fed one block at a time by one calibration engine.
+
+Modules: `layers` (finding the repeated blocks), `engine` (the layer-by-layer loop and its `Method` /
+`LayerStore` protocols), `stats` (input statistics methods share), `sparse` (the `wanda` and
+`sparsegpt` criteria of `ts.SparsityConfig`), `checkpoint` (blocks read from and written to
+safetensors shards, for models larger than memory).
+"""
+
+from __future__ import annotations
+
+from torchslim.llm import sparse as sparse
+from torchslim.llm.engine import EngineReport, InMemory, LayerStore, Method, run
+from torchslim.llm.layers import LayerStack, find_layers
+
+__all__ = ["EngineReport", "InMemory", "LayerStack", "LayerStore", "Method", "find_layers", "run", "sparse"]
