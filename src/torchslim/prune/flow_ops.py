@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -168,7 +167,7 @@ def ignore(an: Analyzer, n: fx.Node, out: Any) -> Out:
 
 
 @register("matmul", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention", "expand", "repeat")
-@register("squeeze", "unsqueeze", "unbind", "stack", "roll", "flip", "gather", "index_select")
+@register("squeeze", "unsqueeze", "unbind", "roll", "flip", "gather", "index_select")
 def freeze(an: Analyzer, n: fx.Node, out: Any) -> Out:
     """Ops that mix channels with something else: the channels they touch are left alone."""
     an.freeze_args(n)
@@ -176,7 +175,7 @@ def freeze(an: Analyzer, n: fx.Node, out: Any) -> Out:
 
 
 @register("add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "add_", "mul_", "pow", "where")
-@register("maximum", "minimum", "floordiv", "mod")
+@register("maximum", "minimum", "floordiv", "mod", "addcmul", "addcdiv", "lerp")
 def elementwise(an: Analyzer, n: fx.Node, out: Any) -> Out:
     """Operands aligned channel to channel (broadcasting from the right) share their channel ids."""
     tracked = an.tracked_args(n)
@@ -203,92 +202,35 @@ def _spans(v: Any, ndim: int, p: int, size: int) -> bool:
 
 
 def _bind_param(an: Analyzer, a: fx.Node, lead: np.ndarray) -> None:
-    """A full-size untracked operand: a parameter (layer scale, functional norm weight) is cut along;
-    anything else freezes the channels."""
-    node = a
-    while node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) in (
-        "getitem",
-        "view",
-        "reshape",
-        "unsqueeze",
-    ):
-        node = node.args[0]  # type: ignore[assignment]
-    if node.op != "get_attr":  # (the interpreter has freed the values of nodes we walked past)
+    """A full-size untracked operand: a parameter (layer scale, functional norm weight, position
+    embedding, class token) is cut along; anything else freezes the channels."""
+    if not bind_param(an, a, lead):
         an.freeze(lead)
-        return
+
+
+_VIEWS = ("getitem", "view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as", "float")
+
+
+def bind_param(an: Analyzer, a: Any, lead: np.ndarray) -> bool:
+    """Record parameter `a` (or a view or expansion of one) as cut along with channels `lead`, when
+    exactly one of its dims has their size; False when `a` is not such a parameter."""
+    node = a
+    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method"):
+        if getattr(node.target, "__name__", node.target) not in _VIEWS:
+            return False
+        node = node.args[0]
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return False  # (the interpreter has freed the values of nodes we walked past)
     value = an.fetch_attr(str(node.target))
     dims = [d for d, s in enumerate(getattr(value, "shape", ())) if s == len(lead)]
-    if len(dims) == 1 and value.numel() == len(lead):
-        an.record((str(node.target), f"param{dims[0]}"), lead)
-    else:
-        an.freeze(lead)
+    if len(dims) != 1 or len(lead) < 2:
+        return False
+    an.record((str(node.target), f"param{dims[0]}"), lead)
+    return True
 
 
-# -- ops that move, join or split channels ----------------------------------------------------------
-@register("cat", "concat", "concatenate")
-def cat(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    tensors = n.args[0] if n.args else n.kwargs["tensors"]
-    d = _arg(n, 1, "dim", 0, an) % out.ndim
-    positions = {c.dim for _, c in an.tracked_args(n)}
-    if not positions:
-        return None
-    if positions == {d}:
-        return Chan(np.concatenate([an.ids_at(t, d) for t in tensors]), d)  # type: ignore[union-attr]
-    if len(positions) == 1:
-        p = positions.pop()
-        ids = [an.ids_at(t, p) for t in tensors]  # type: ignore[union-attr]
-        for other in ids[1:]:
-            an.uf.union(ids[0], other)
-        return Chan(ids[0], p)
-    an.freeze_args(n)
-    return None
-
-
-@register("split", "chunk", "tensor_split")
-def split(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    x = _first(n)
-    c = an.chan.get(x)
-    if not isinstance(c, Chan):
-        return None
-    d = _arg(n, 2, "dim", 0, an) % an.value(x).ndim
-    if d != c.dim:
-        return [Chan(c.ids, c.dim) for _ in out]
-    bounds = np.cumsum([0] + [int(t.shape[d]) for t in out])
-    return [Chan(c.ids[a:b], d) for a, b in itertools.pairwise(bounds.tolist())]
-
-
-@register("getitem")
-def getitem(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    base, index = n.args[0], fx.node.map_aggregate(n.args[1], an.value)
-    c = an.chan.get(base)  # type: ignore[arg-type]
-    if isinstance(c, list):
-        return c[index] if isinstance(index, int) else None
-    if not isinstance(c, Chan):
-        return None
-    entries = index if isinstance(index, tuple) else (index,)
-    if any(not isinstance(e, (int, slice, type(None), type(Ellipsis))) for e in entries):
-        an.freeze(c.ids)
-        return None
-    explicit = sum(1 for e in entries if e is not None and e is not Ellipsis)
-    ndim = an.value(base).ndim
-    expanded: list[Any] = []
-    for e in entries:
-        expanded += [slice(None)] * (ndim - explicit) if e is Ellipsis else [e]
-    d_in = d_out = 0
-    for e in expanded:
-        if e is None:
-            d_out += 1
-            continue
-        if d_in == c.dim:
-            if isinstance(e, slice):
-                return Chan(c.ids[e], d_out)
-            an.freeze(c.ids)
-            return None
-        d_in, d_out = d_in + 1, d_out + (0 if isinstance(e, int) else 1)
-    return Chan(c.ids, d_out + c.dim - d_in)
-
-
-@register("view", "reshape", "flatten", "Flatten")
+# -- ops that move channels ---------------------------------------------------------------------
+@register("view", "reshape", "flatten", "Flatten", "view_as", "reshape_as")
 def reshape(an: Analyzer, n: fx.Node, out: Any) -> Out:
     """Trailing dims reshaped: channels kept; channel merged with the dims after it: ids repeated."""
     x = _first(n)

@@ -201,6 +201,13 @@ def _ln_set(m: Any, n: int) -> None:
         m.normalized_shape = (n,)
 
 
+def _ln_dim(m: Any) -> int:
+    # transformers' ConvNeXt LayerNorm (data_format="channels_first") and timm's LayerNorm2d (permutes
+    # NCHW to NHWC and back) are LayerNorm subclasses that normalise dim 1
+    channels_first = getattr(m, "data_format", "") == "channels_first"
+    return 1 if channels_first or type(m).__name__.startswith("LayerNorm2d") else -1
+
+
 register_layer(
     "LayerNorm",
     "RMSNorm",
@@ -210,8 +217,7 @@ register_layer(
         set_out=_ln_set,
         kind=_ln_kind,
         act_dim=-1,
-        # ConvNeXt's LayerNorm (a subclass) normalises dim 1 with data_format="channels_first"
-        act_dim_of=lambda m: 1 if getattr(m, "data_format", "") == "channels_first" else -1,
+        act_dim_of=_ln_dim,
     ),
 )
 
