@@ -9,7 +9,7 @@ import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
-from torchslim.prune.flow import OPS, Analyzer, Chan, Handler, Out, is_tensor
+from torchslim.prune.flow import OPS, Analyzer, Chan, Handler, Out, _module_path, is_tensor
 from torchslim.prune.layers import rule_of
 
 __all__ = ["Analyzer", "layer_flow"]
@@ -54,6 +54,10 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         if path in an.protected:  # its outputs are its inputs
             an.freeze(ids)
         return Chan(ids, dim_out)
+    c = an.chan.get(x)
+    pointwise = rule.act_dim == -1 and not gi  # linear-like: every other dim maps to itself
+    if pointwise and isinstance(c, Chan) and c.dim != dim_in and out.ndim == an.value(x).ndim:
+        return _across(an, path, module, x, out, c, (dim_in, dim_out))
     out_ids = an.produce((path, "out"), int(out.shape[dim_out]))
     if path in an.protected:
         an.freeze(out_ids)
@@ -62,6 +66,18 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         for g in range(len(in_ids) // gi if gi else 0):
             an.uf.union_all(np.concatenate([in_ids[g * gi : (g + 1) * gi], out_ids[g * go : (g + 1) * go]]))
     return Chan(out_ids, dim_out)
+
+
+def _across(
+    an: Analyzer, path: str, module: nn.Module, x: Any, out: Any, c: Chan, dims: tuple[int, int]
+) -> Out:
+    """A layer applied along another dim than the tracked channels (an MLP-Mixer token MLP): those
+    channels pass through; the layer's own channels are kept (a tensor tracks one dim)."""
+    rule = rule_of(module)
+    if rule is not None and rule.in_dims(module):
+        an.record((path, "in"), an.uf.new(int(an.value(x).shape[dims[0]]), frozen=True))
+    an.freeze(an.produce((path, "out"), int(out.shape[dims[1]])))
+    return Chan(c.ids, c.dim)
 
 
 # -- channel-preserving ops ---------------------------------------------------------------------
@@ -211,12 +227,23 @@ def _bind_param(an: Analyzer, a: fx.Node, lead: np.ndarray) -> None:
 _VIEWS = ("getitem", "view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as", "float")
 
 
+def _resizes(an: Analyzer, node: fx.Node, size: int) -> bool:
+    """A view whose target shape holds the channel count as a constant (`.view(self.shape)`) is only
+    cut when its module is registered in `SIZE_FIXES` (which writes the new shape back)."""
+    literal = any(isinstance(v, int) and v == size for v in fx.node.map_aggregate(node.args[1:], lambda v: v))
+    if not literal:
+        return True
+    from torchslim.prune.flow_split import size_fix
+
+    return size_fix(an.modules.get(_module_path(node))) is not None
+
+
 def bind_param(an: Analyzer, a: Any, lead: np.ndarray) -> bool:
     """Record parameter `a` (or a view or expansion of one) as cut along with channels `lead`, when
     exactly one of its dims has their size; False when `a` is not such a parameter."""
     node = a
     while isinstance(node, fx.Node) and node.op in ("call_function", "call_method"):
-        if getattr(node.target, "__name__", node.target) not in _VIEWS:
+        if getattr(node.target, "__name__", node.target) not in _VIEWS or not _resizes(an, node, len(lead)):
             return False
         node = node.args[0]
     if not isinstance(node, fx.Node) or node.op != "get_attr":
@@ -232,18 +259,35 @@ def bind_param(an: Analyzer, a: Any, lead: np.ndarray) -> bool:
 # -- ops that move channels ---------------------------------------------------------------------
 @register("view", "reshape", "flatten", "Flatten", "view_as", "reshape_as")
 def reshape(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    """Trailing dims reshaped: channels kept; channel merged with the dims after it: ids repeated."""
+    """The dims before and after the channel dim reshaped among themselves (window partitions,
+    flatten(0, 1)): channels kept; channel merged with the dims after it: ids repeated; with the
+    dims before it: ids tiled."""
     x = _first(n)
     c = an.chan.get(x)
     if not isinstance(c, Chan):
         return None
     shape_in, shape_out, d = list(an.value(x).shape), list(out.shape), c.dim
-    if shape_out[:d] == shape_in[:d] and len(shape_out) > d:
-        if shape_out[d] == shape_in[d]:
-            return Chan(c.ids, d)
+    before, size = math.prod(shape_in[:d]), shape_in[d]
+    for j in range(len(shape_out)):
+        if math.prod(shape_out[:j]) != before:
+            continue
+        after = math.prod(shape_out[j + 1 :])
+        if shape_out[j] == size and after == math.prod(shape_in[d + 1 :]):
+            return Chan(c.ids, j)
         for end in range(d + 2, len(shape_in) + 1):
-            if shape_out[d] == math.prod(shape_in[d:end]) and shape_out[d + 1 :] == shape_in[end:]:
-                return Chan(np.repeat(c.ids, math.prod(shape_in[d + 1 : end])), d)
+            if shape_out[j] == math.prod(shape_in[d:end]) and after == math.prod(shape_in[end:]):
+                return Chan(np.repeat(c.ids, math.prod(shape_in[d + 1 : end])), j)
+    for start in range(d - 1, -1, -1):  # merged with dims before it (Swin's patch merging): ids tiled
+        j = next(
+            (j for j in range(len(shape_out)) if math.prod(shape_out[:j]) == math.prod(shape_in[:start])), -1
+        )
+        merged = math.prod(shape_in[start : d + 1])
+        if (
+            j >= 0
+            and shape_out[j] == merged
+            and math.prod(shape_out[j + 1 :]) == math.prod(shape_in[d + 1 :])
+        ):
+            return Chan(np.tile(c.ids, math.prod(shape_in[start:d])), j)
     an.freeze(c.ids)
     return None
 

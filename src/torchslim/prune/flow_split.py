@@ -39,6 +39,8 @@ class SplitRule:
 
 
 SPLITS: Registry[SplitRule] = Registry("split-size rule")
+SIZE_FIXES: Registry[Callable[[Any], None]] = Registry("size-attribute fix")
+"""Class name -> sets a module's size attributes from its cut tensors (a shape its forward views by)."""
 
 
 def _owner(an: Analyzer, n: fx.Node) -> nn.Module | None:
@@ -53,11 +55,21 @@ def split_rule(module: nn.Module | None) -> SplitRule | None:
     return None
 
 
+def size_fix(module: nn.Module | None) -> Callable[[Any], None] | None:
+    for cls in type(module).__mro__ if module is not None else ():
+        if cls.__name__ in SIZE_FIXES:
+            return SIZE_FIXES.get(cls.__name__)
+    return None
+
+
 def fix_splits(model: nn.Module) -> None:
+    """After a cut: every registered module writes its split sizes and shapes back."""
     for module in model.modules():
-        rule = split_rule(module)
+        rule, fix = split_rule(module), size_fix(module)
         if rule is not None:
             rule.fix(module)
+        if fix is not None:
+            fix(module)
 
 
 def keep_whole(an: Analyzer, n: fx.Node, ids: np.ndarray, why: str) -> None:
@@ -196,3 +208,11 @@ SPLITS.register("CrossStage", SplitRule("equal", _cross_stage_fix))
 SPLITS.register("CrossStage3", SplitRule("equal", _cross_stage_fix))
 SPLITS.register("Bottle2neck", SplitRule("equal", _res2net_fix))
 SPLITS.register("SelectiveKernel", SplitRule("equal", _selective_kernel_fix))
+
+
+def _scale_fix(m: Any) -> None:
+    """timm's MetaFormer Scale: `x * scale.view(self.shape)`."""
+    m.shape = (m.scale.shape[0], 1, 1) if len(m.shape) == 3 else (m.scale.shape[0],)
+
+
+SIZE_FIXES.register("Scale", _scale_fix)

@@ -224,7 +224,13 @@ register_layer(
 
 def _gn_set(m: Any, n: int) -> None:
     per_group = m.num_channels // m.num_groups
-    m.num_channels, m.num_groups = n, n // per_group
+    m.num_channels, m.num_groups = n, 1 if m.num_groups == 1 else n // per_group
+
+
+def _gn_group_size(m: Any) -> tuple[int, int]:
+    # one group (PoolFormer's GroupNorm1, a LayerNorm over C, H, W) stays one group whatever is cut
+    per_group = m.num_channels // m.num_groups
+    return (0, 0) if m.num_groups == 1 else (per_group, per_group)
 
 
 register_layer(
@@ -233,6 +239,6 @@ register_layer(
         out_dims=lambda m: {"weight": 0, "bias": 0},
         set_out=_gn_set,
         kind=lambda m: "passthrough",
-        group_size=lambda m: (m.num_channels // m.num_groups, m.num_channels // m.num_groups),
+        group_size=_gn_group_size,
     ),
 )
