@@ -54,10 +54,10 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         if path in an.protected:  # its outputs are its inputs
             an.freeze(ids)
         return Chan(ids, dim_out)
-    c = an.chan.get(x)
+    tracked = an.chan.get(x)
     pointwise = rule.act_dim == -1 and not gi  # linear-like: every other dim maps to itself
-    if pointwise and isinstance(c, Chan) and c.dim != dim_in and out.ndim == an.value(x).ndim:
-        return _across(an, path, module, x, out, c, (dim_in, dim_out))
+    if pointwise and isinstance(tracked, Chan) and tracked.dim != dim_in and out.ndim == an.value(x).ndim:
+        return _across(an, path, module, x, out, tracked, (dim_in, dim_out))
     out_ids = an.produce((path, "out"), int(out.shape[dim_out]))
     if path in an.protected:
         an.freeze(out_ids)
