@@ -230,8 +230,9 @@ _VIEWS = ("getitem", "view", "reshape", "unsqueeze", "expand", "expand_as", "to"
 def _resizes(an: Analyzer, node: fx.Node, size: int) -> bool:
     """A view whose target shape holds the channel count as a constant (`.view(self.shape)`) is only
     cut when its module is registered in `SIZE_FIXES` (which writes the new shape back)."""
-    literal = any(isinstance(v, int) and v == size for v in fx.node.map_aggregate(node.args[1:], lambda v: v))
-    if not literal:
+    ints: list[Any] = []
+    fx.node.map_aggregate(node.args[1:], lambda v: ints.append(v) or v)  # type: ignore[func-returns-value]
+    if not any(isinstance(v, int) and v == size for v in ints):
         return True
     from torchslim.prune.flow_split import size_fix
 
