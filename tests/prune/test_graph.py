@@ -1,4 +1,4 @@
-"""Dependency graph: coupled channels found from the traced model, clear errors for what it cannot follow."""
+"""Dependency graph: coupled channels found from the traced model; what it cannot follow is noted."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch.nn as nn
 from test_channel_nets import build
 
 from torchslim.config import ChannelConfig
-from torchslim.errors import UserError
-from torchslim.prune.channel import dependency_graph
+from torchslim.prune.channel import dependency_graph, prune_channels_
 from torchslim.prune.graph import Graph, Group
 
 
@@ -102,17 +101,17 @@ class DataDependent(nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("model", "message"), [(Cumsum, "op 'cumsum' in module 'mix'"), (Branchy, "module 'mix'")]
+    ("model", "message"), [(Cumsum, "op 'cumsum' is not followed"), (Branchy, "cannot be traced")]
 )
-def test_unknown_op_names_op_and_module_and_exclude_fixes_it(model: type[nn.Module], message: str) -> None:
+def test_unknown_op_or_untraceable_module_is_kept_and_noted(model: type[nn.Module], message: str) -> None:
     net, x = model(), torch.randn(1, 3, 8, 8)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    with pytest.raises(UserError, match=message) as err:
-        dependency_graph(net, x, ChannelConfig(ratio=0.5))
-    assert "exclude" in str(err.value)
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    graph = dependency_graph(net, x, ChannelConfig(ratio=0.5, exclude=("mix",)))
-    assert graph.groups == []  # conv's channels flow into the excluded module: left alone
+    graph = dependency_graph(net, x, ChannelConfig(ratio=0.5))
+    assert graph.groups == []  # conv's channels flow into the module we cannot follow: left alone
+    assert list(graph.notes) == ["mix"] and message in graph.notes["mix"]
+    report = prune_channels_(net, ChannelConfig(ratio=0.5), x)
+    assert report.kept == graph.notes and net.conv.out_channels == 8
+    excluded = dependency_graph(net, x, ChannelConfig(ratio=0.5, exclude=("mix",)))
+    assert excluded.groups == [] and excluded.notes == {}
 
 
 def test_exclude_and_include_globs() -> None:

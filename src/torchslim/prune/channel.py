@@ -25,6 +25,7 @@ from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.macs import count_macs
 from torchslim.prune import torch_blocks as torch_blocks  # registers torch.nn's transformer blocks
 from torchslim.prune.check import guard
+from torchslim.prune.flow_split import fix_splits
 from torchslim.prune.graph import Graph, Key, build_graph
 from torchslim.prune.group_importance import Context, LossFn, group_scores
 from torchslim.prune.heads import (
@@ -138,6 +139,7 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, Any]:
         else:
             prune_module(model.get_submodule(path), role, keep)
     fix_blocks(model)
+    fix_splits(model)
     record = record_prune(model, before)
     return {"replace": replaced, **record} if replaced else record
 
@@ -189,14 +191,17 @@ class ChannelReport:
     adjusted: dict[str, str] = field(default_factory=dict)
     """Blocks whose units (heads; under grouped-query attention a kv head with its query heads) are too
     few for the ratio: what they lost instead, so the grouping the config states still holds."""
+    kept: dict[str, str] = field(default_factory=dict)
+    """Module path -> why channels there were kept whole (a construct the cut cannot follow)."""
 
     def notes(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "ratio": round(self.ratio, 4),
             "groups": self.groups,
             "units_removed": self.units_removed,
             "units_total": self.units_total,
         }
+        out |= {"kept_whole": self.kept} if self.kept else {}
         return out | ({"adjusted": self.adjusted} if self.adjusted else {})
 
 
@@ -243,6 +248,7 @@ def prune_channels_(
     report = ChannelReport(
         ratio, len(graph.groups), sum(len(v) for v in plan.values()), sum(g.units for g in graph.groups)
     )
+    report.kept = dict(graph.notes)
     if config.scope != "global":
         report.adjusted = adjusted_blocks(graph, plan, ratio)
     if config.soft:

@@ -3,8 +3,9 @@
 A handler gets the analyzer, the node and its real output, and returns the output's `Chan` (channel
 ids and dim), a list of them for tuple outputs, or None when the output carries no tracked channels.
 Ops are keyed by name: a function's `__name__` (`add`, `cat`), a method name (`view`), or a leaf
-module's class name (`ReLU`). An op that is not registered and sees tracked channels is an error
-naming the op and the module path; register a handler or exclude the module.
+module's class name (`ReLU`). An op that is not registered and sees tracked channels
+leaves those channels whole and notes the op and the module path (`Analyzer.notes`); register a
+handler to cut them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from torchslim.errors import UserError
 from torchslim.prune.graph import Chan, Graph, Group, Key, UnionFind
 from torchslim.prune.layers import rule_of
 from torchslim.registry import Registry
@@ -47,6 +47,8 @@ class Analyzer(fx.Interpreter):
         self.chan: dict[fx.Node, Out] = {}
         self.records: dict[Key, np.ndarray] = {}
         self.modules = dict(model.named_modules())
+        self.notes: dict[str, str] = {}
+        """Module path -> why channels there are kept whole (a construct the cut cannot follow)."""
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
@@ -69,11 +71,12 @@ class Analyzer(fx.Interpreter):
         if not self.tracked_args(n):
             return None
         path = str(n.target) if module is not None else _module_path(n)
-        where = f"module {path!r}" if path else "the model's own forward"
-        raise UserError(
-            f"channel pruning cannot follow op {name!r} in {where}; exclude that module "
-            f"(ChannelConfig(exclude=[{path!r}])) or register a handler in torchslim.prune.flow.OPS"
+        self.freeze_args(n)
+        self.notes.setdefault(
+            path or "the model's own forward",
+            f"channels kept: op {name!r} is not followed (register a handler in torchslim.prune.flow.OPS)",
         )
+        return None
 
     def value(self, a: Any) -> Any:
         return self.env[a] if isinstance(a, fx.Node) else a
@@ -138,7 +141,7 @@ class Analyzer(fx.Interpreter):
             by_keys.setdefault(tuple(keys), []).append(r)
         groups = [_group(keys, rs, roots) for keys, rs in by_keys.items()]
         sizes = {k: len(v) for k, v in self.records.items()}
-        return Graph(groups, sizes)
+        return Graph(groups, sizes, dict(self.notes))
 
 
 def _group(keys: tuple[Key, ...], rs: list[int], roots: dict[Key, np.ndarray]) -> Group:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
-from torchslim.prune.flow import OPS, Analyzer, Chan, Handler, Out, is_tensor
+from torchslim.prune.flow import OPS, Analyzer, Chan, Handler, Out, _module_path, is_tensor
 from torchslim.prune.layers import rule_of
 
 __all__ = ["Analyzer", "layer_flow"]
@@ -55,6 +54,10 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         if path in an.protected:  # its outputs are its inputs
             an.freeze(ids)
         return Chan(ids, dim_out)
+    tracked = an.chan.get(x)
+    pointwise = rule.act_dim == -1 and not gi  # linear-like: every other dim maps to itself
+    if pointwise and isinstance(tracked, Chan) and tracked.dim != dim_in and out.ndim == an.value(x).ndim:
+        return _across(an, path, module, x, out, tracked, (dim_in, dim_out))
     out_ids = an.produce((path, "out"), int(out.shape[dim_out]))
     if path in an.protected:
         an.freeze(out_ids)
@@ -63,6 +66,18 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         for g in range(len(in_ids) // gi if gi else 0):
             an.uf.union_all(np.concatenate([in_ids[g * gi : (g + 1) * gi], out_ids[g * go : (g + 1) * go]]))
     return Chan(out_ids, dim_out)
+
+
+def _across(
+    an: Analyzer, path: str, module: nn.Module, x: Any, out: Any, c: Chan, dims: tuple[int, int]
+) -> Out:
+    """A layer applied along another dim than the tracked channels (an MLP-Mixer token MLP): those
+    channels pass through; the layer's own channels are kept (a tensor tracks one dim)."""
+    rule = rule_of(module)
+    if rule is not None and rule.in_dims(module):
+        an.record((path, "in"), an.uf.new(int(an.value(x).shape[dims[0]]), frozen=True))
+    an.freeze(an.produce((path, "out"), int(out.shape[dims[1]])))
+    return Chan(c.ids, c.dim)
 
 
 # -- channel-preserving ops ---------------------------------------------------------------------
@@ -168,7 +183,7 @@ def ignore(an: Analyzer, n: fx.Node, out: Any) -> Out:
 
 
 @register("matmul", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention", "expand", "repeat")
-@register("squeeze", "unsqueeze", "unbind", "stack", "roll", "flip", "gather", "index_select")
+@register("squeeze", "unsqueeze", "unbind", "roll", "flip", "gather", "index_select")
 def freeze(an: Analyzer, n: fx.Node, out: Any) -> Out:
     """Ops that mix channels with something else: the channels they touch are left alone."""
     an.freeze_args(n)
@@ -176,7 +191,7 @@ def freeze(an: Analyzer, n: fx.Node, out: Any) -> Out:
 
 
 @register("add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "add_", "mul_", "pow", "where")
-@register("maximum", "minimum", "floordiv", "mod")
+@register("maximum", "minimum", "floordiv", "mod", "addcmul", "addcdiv", "lerp")
 def elementwise(an: Analyzer, n: fx.Node, out: Any) -> Out:
     """Operands aligned channel to channel (broadcasting from the right) share their channel ids."""
     tracked = an.tracked_args(n)
@@ -203,105 +218,77 @@ def _spans(v: Any, ndim: int, p: int, size: int) -> bool:
 
 
 def _bind_param(an: Analyzer, a: fx.Node, lead: np.ndarray) -> None:
-    """A full-size untracked operand: a parameter (layer scale, functional norm weight) is cut along;
-    anything else freezes the channels."""
-    node = a
-    while node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) in (
-        "getitem",
-        "view",
-        "reshape",
-        "unsqueeze",
-    ):
-        node = node.args[0]  # type: ignore[assignment]
-    if node.op != "get_attr":  # (the interpreter has freed the values of nodes we walked past)
+    """A full-size untracked operand: a parameter (layer scale, functional norm weight, position
+    embedding, class token) is cut along; anything else freezes the channels."""
+    if not bind_param(an, a, lead):
         an.freeze(lead)
-        return
+
+
+_VIEWS = ("getitem", "view", "reshape", "unsqueeze", "expand", "expand_as", "to", "type_as", "float")
+
+
+def _resizes(an: Analyzer, node: fx.Node, size: int) -> bool:
+    """A view whose target shape holds the channel count as a constant (`.view(self.shape)`) is only
+    cut when its module is registered in `SIZE_FIXES` (which writes the new shape back)."""
+    ints: list[Any] = []
+    fx.node.map_aggregate(node.args[1:], lambda v: ints.append(v) or v)  # type: ignore[func-returns-value]
+    if not any(isinstance(v, int) and v == size for v in ints):
+        return True
+    from torchslim.prune.flow_split import size_fix
+
+    return size_fix(an.modules.get(_module_path(node))) is not None
+
+
+def bind_param(an: Analyzer, a: Any, lead: np.ndarray) -> bool:
+    """Record parameter `a` (or a view or expansion of one) as cut along with channels `lead`, when
+    exactly one of its dims has their size; False when `a` is not such a parameter."""
+    node = a
+    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method"):
+        if getattr(node.target, "__name__", node.target) not in _VIEWS or not _resizes(an, node, len(lead)):
+            return False
+        node = node.args[0]
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return False  # (the interpreter has freed the values of nodes we walked past)
     value = an.fetch_attr(str(node.target))
     dims = [d for d, s in enumerate(getattr(value, "shape", ())) if s == len(lead)]
-    if len(dims) == 1 and value.numel() == len(lead):
-        an.record((str(node.target), f"param{dims[0]}"), lead)
-    else:
-        an.freeze(lead)
+    if len(dims) != 1 or len(lead) < 2:
+        return False
+    an.record((str(node.target), f"param{dims[0]}"), lead)
+    return True
 
 
-# -- ops that move, join or split channels ----------------------------------------------------------
-@register("cat", "concat", "concatenate")
-def cat(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    tensors = n.args[0] if n.args else n.kwargs["tensors"]
-    d = _arg(n, 1, "dim", 0, an) % out.ndim
-    positions = {c.dim for _, c in an.tracked_args(n)}
-    if not positions:
-        return None
-    if positions == {d}:
-        return Chan(np.concatenate([an.ids_at(t, d) for t in tensors]), d)  # type: ignore[union-attr]
-    if len(positions) == 1:
-        p = positions.pop()
-        ids = [an.ids_at(t, p) for t in tensors]  # type: ignore[union-attr]
-        for other in ids[1:]:
-            an.uf.union(ids[0], other)
-        return Chan(ids[0], p)
-    an.freeze_args(n)
-    return None
-
-
-@register("split", "chunk", "tensor_split")
-def split(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    x = _first(n)
-    c = an.chan.get(x)
-    if not isinstance(c, Chan):
-        return None
-    d = _arg(n, 2, "dim", 0, an) % an.value(x).ndim
-    if d != c.dim:
-        return [Chan(c.ids, c.dim) for _ in out]
-    bounds = np.cumsum([0] + [int(t.shape[d]) for t in out])
-    return [Chan(c.ids[a:b], d) for a, b in itertools.pairwise(bounds.tolist())]
-
-
-@register("getitem")
-def getitem(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    base, index = n.args[0], fx.node.map_aggregate(n.args[1], an.value)
-    c = an.chan.get(base)  # type: ignore[arg-type]
-    if isinstance(c, list):
-        return c[index] if isinstance(index, int) else None
-    if not isinstance(c, Chan):
-        return None
-    entries = index if isinstance(index, tuple) else (index,)
-    if any(not isinstance(e, (int, slice, type(None), type(Ellipsis))) for e in entries):
-        an.freeze(c.ids)
-        return None
-    explicit = sum(1 for e in entries if e is not None and e is not Ellipsis)
-    ndim = an.value(base).ndim
-    expanded: list[Any] = []
-    for e in entries:
-        expanded += [slice(None)] * (ndim - explicit) if e is Ellipsis else [e]
-    d_in = d_out = 0
-    for e in expanded:
-        if e is None:
-            d_out += 1
-            continue
-        if d_in == c.dim:
-            if isinstance(e, slice):
-                return Chan(c.ids[e], d_out)
-            an.freeze(c.ids)
-            return None
-        d_in, d_out = d_in + 1, d_out + (0 if isinstance(e, int) else 1)
-    return Chan(c.ids, d_out + c.dim - d_in)
-
-
-@register("view", "reshape", "flatten", "Flatten")
+# -- ops that move channels ---------------------------------------------------------------------
+@register("view", "reshape", "flatten", "Flatten", "view_as", "reshape_as")
 def reshape(an: Analyzer, n: fx.Node, out: Any) -> Out:
-    """Trailing dims reshaped: channels kept; channel merged with the dims after it: ids repeated."""
+    """The dims before and after the channel dim reshaped among themselves (window partitions,
+    flatten(0, 1)): channels kept; channel merged with the dims after it: ids repeated; with the
+    dims before it: ids tiled."""
     x = _first(n)
     c = an.chan.get(x)
     if not isinstance(c, Chan):
         return None
     shape_in, shape_out, d = list(an.value(x).shape), list(out.shape), c.dim
-    if shape_out[:d] == shape_in[:d] and len(shape_out) > d:
-        if shape_out[d] == shape_in[d]:
-            return Chan(c.ids, d)
+    before, size = math.prod(shape_in[:d]), shape_in[d]
+    for j in range(len(shape_out)):
+        if math.prod(shape_out[:j]) != before:
+            continue
+        after = math.prod(shape_out[j + 1 :])
+        if shape_out[j] == size and after == math.prod(shape_in[d + 1 :]):
+            return Chan(c.ids, j)
         for end in range(d + 2, len(shape_in) + 1):
-            if shape_out[d] == math.prod(shape_in[d:end]) and shape_out[d + 1 :] == shape_in[end:]:
-                return Chan(np.repeat(c.ids, math.prod(shape_in[d + 1 : end])), d)
+            if shape_out[j] == math.prod(shape_in[d:end]) and after == math.prod(shape_in[end:]):
+                return Chan(np.repeat(c.ids, math.prod(shape_in[d + 1 : end])), j)
+    for start in range(d - 1, -1, -1):  # merged with dims before it (Swin's patch merging): ids tiled
+        j = next(
+            (j for j in range(len(shape_out)) if math.prod(shape_out[:j]) == math.prod(shape_in[:start])), -1
+        )
+        merged = math.prod(shape_in[start : d + 1])
+        if (
+            j >= 0
+            and shape_out[j] == merged
+            and math.prod(shape_out[j + 1 :]) == math.prod(shape_in[d + 1 :])
+        ):
+            return Chan(np.tile(c.ids, math.prod(shape_in[start:d])), j)
     an.freeze(c.ids)
     return None
 

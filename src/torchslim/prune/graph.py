@@ -7,8 +7,9 @@ Choice: torch.fx symbolic tracing, then one run of the traced graph on the examp
   slower to build (the ResNet-50 graph must build in seconds).
 - running the traced graph (an `fx.Interpreter`) gives every value's real shape, which is what
   flatten -> linear, concatenation, split and broadcasting need.
-Tracing fails on data-dependent Python control flow; the error names the module being traced, and
-excluding that module makes it an opaque leaf (its channels are then left alone).
+Tracing fails on data-dependent Python control flow; the module being traced is then made an opaque
+leaf (its channels are left alone, `Graph.notes` says so) and the model traced again; only the
+model's own forward failing is an error.
 
 Model. Every channel of every tracked value carries an integer id. A layer that makes new channels
 (conv, linear) gets fresh ids; ops that keep channels pass ids through (norms, activations,
@@ -23,7 +24,7 @@ of layer tensors form a `Group` (e.g. all output channels of one conv and its no
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,8 @@ class Graph:
     groups: list[Group]
     sizes: dict[Key, int]
     """Length of the pruned dim of every tensor side any group touches."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Module path -> why channels there are kept whole."""
 
     def keep(self, removed: dict[int, np.ndarray]) -> dict[Key, torch.Tensor]:
         """Indices to keep per tensor side, given removed unit indices per group index."""
@@ -141,6 +144,14 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+class Untraceable(UserError):
+    """Tracing failed inside module `path` ("" for the model's own forward)."""
+
+    def __init__(self, message: str, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
 def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.Graph, list[Any]]:
     """The traced graph and the full positional arguments to run it with (on `model` itself: the
     graph is interpreted, never compiled to code, so no GraphModule is needed)."""
@@ -164,8 +175,9 @@ def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.G
         path = next(reversed(tracer.module_stack), "") if tracer.module_stack else ""
         where = f"module {path!r}" if path else "the model's own forward"
         hint = f"ChannelConfig(exclude=[{path!r}])" if path else "a model without data-dependent control flow"
-        raise UserError(
-            f"channel pruning cannot trace {where} ({type(exc).__name__}: {exc}); use {hint}"
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        raise Untraceable(
+            f"channel pruning cannot trace {where} ({reason}); use {hint}", path, reason
         ) from None
     finally:
         model.__class__ = cls
@@ -187,21 +199,31 @@ def build_graph(
     `allow_untraceable`: an untraceable model yields an empty graph instead of an error (used when
     registered transformer blocks supply the groups and the rest of the model is not pruned anyway).
     """
+    from torchslim.prune import flow_split as flow_split  # registers cat, split and slicing
     from torchslim.prune.flow_ops import Analyzer
 
-    opaque = opaque or set()
-    try:
-        traced, args = trace(model, example_inputs, opaque)
-        analyzer = Analyzer(model, traced, opaque, protected or set())
-        was_training = model.training
-        model.eval()
+    opaque = set(opaque or ())
+    notes: dict[str, str] = {}
+    while True:
         try:
-            with torch.no_grad():
-                analyzer.run(*args)
-        finally:
-            model.train(was_training)
-    except UserError:
-        if allow_untraceable:
-            return Graph([], {})
-        raise
-    return analyzer.result()
+            traced, args = trace(model, example_inputs, opaque)
+            break
+        except Untraceable as exc:
+            if exc.path and exc.path not in opaque and len(notes) < 64:
+                opaque.add(exc.path)  # left whole; the rest of the model is still pruned
+                notes[exc.path] = f"channels kept: the module cannot be traced ({exc.reason})"
+                continue
+            if allow_untraceable:
+                return Graph([], {})
+            raise
+    analyzer = Analyzer(model, traced, opaque, protected or set())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            analyzer.run(*args)
+    finally:
+        model.train(was_training)
+    graph = analyzer.result()
+    graph.notes = notes | graph.notes
+    return graph

@@ -201,6 +201,13 @@ def _ln_set(m: Any, n: int) -> None:
         m.normalized_shape = (n,)
 
 
+def _ln_dim(m: Any) -> int:
+    # transformers' ConvNeXt LayerNorm (data_format="channels_first") and timm's LayerNorm2d (permutes
+    # NCHW to NHWC and back) are LayerNorm subclasses that normalise dim 1
+    channels_first = getattr(m, "data_format", "") == "channels_first"
+    return 1 if channels_first or type(m).__name__.startswith("LayerNorm2d") else -1
+
+
 register_layer(
     "LayerNorm",
     "RMSNorm",
@@ -210,15 +217,20 @@ register_layer(
         set_out=_ln_set,
         kind=_ln_kind,
         act_dim=-1,
-        # ConvNeXt's LayerNorm (a subclass) normalises dim 1 with data_format="channels_first"
-        act_dim_of=lambda m: 1 if getattr(m, "data_format", "") == "channels_first" else -1,
+        act_dim_of=_ln_dim,
     ),
 )
 
 
 def _gn_set(m: Any, n: int) -> None:
     per_group = m.num_channels // m.num_groups
-    m.num_channels, m.num_groups = n, n // per_group
+    m.num_channels, m.num_groups = n, 1 if m.num_groups == 1 else n // per_group
+
+
+def _gn_group_size(m: Any) -> tuple[int, int]:
+    # one group (PoolFormer's GroupNorm1, a LayerNorm over C, H, W) stays one group whatever is cut
+    per_group = m.num_channels // m.num_groups
+    return (0, 0) if m.num_groups == 1 else (per_group, per_group)
 
 
 register_layer(
@@ -227,6 +239,6 @@ register_layer(
         out_dims=lambda m: {"weight": 0, "bias": 0},
         set_out=_gn_set,
         kind=lambda m: "passthrough",
-        group_size=lambda m: (m.num_channels // m.num_groups, m.num_channels // m.num_groups),
+        group_size=_gn_group_size,
     ),
 )
