@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from torchslim.config import QuantConfig
 from torchslim.quant.api import quantize_
+from torchslim.quant.dequantized import float_compute, float_compute_, has_quantized_layers
 from torchslim.quant.qat import convert_
 from torchslim.recipe import StageSpec, register_stage
 
@@ -134,12 +135,16 @@ def quantize(ctx: Any, spec: QuantizeSpec) -> None:
 
 def deploy(ctx: Any, runtime: str) -> None:
     """Set where this and later stages run (the pipeline also times the baseline there, like with like);
-    `auto` measures the installed runtimes on the example inputs and takes the fastest."""
+    `auto` measures the installed runtimes on the example inputs and takes the fastest; where none runs
+    the integer layers faster than fp32, the model is deployed in its float-compute form (`dequantized`)."""
     if runtime == "auto":
         from torchslim.metrics.deploy import choose_runtime
 
-        choice = choose_runtime(ctx.model, ctx.teacher, ctx.task.example_inputs)
+        fallback = float_compute if has_quantized_layers(ctx.model) else None
+        choice = choose_runtime(ctx.model, ctx.teacher, ctx.task.example_inputs, fallback=fallback)
         ctx.note(**choice.notes())
+        if choice.use_fallback:
+            float_compute_(ctx.model)
         runtime = choice.runtime
     ctx.runtime = runtime
     if runtime == "torch.compile":
