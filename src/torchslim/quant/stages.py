@@ -29,8 +29,10 @@ class QuantizeSpec(StageSpec):
     bits: int = Field(8, ge=2, le=8)
     """Weight bit width, 2 to 8."""
     weights: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
-    group_size: int = Field(128, ge=1)
-    symmetric: bool = True
+    group_size: int | None = Field(None, ge=1)
+    """Weights per scale (per_group); null: 64 at 4 bits and below, 128 above."""
+    symmetric: bool | None = None
+    """null: asymmetric at 3 bits and below and for Linear/Embedding layers at 4, else symmetric."""
     activations: Literal["dynamic", "static"] | None = None
     """null: weight-only; dynamic: per batch at run time; static: ranges from calibration."""
     calibration: CalibrationSpec = CalibrationSpec()
