@@ -139,3 +139,24 @@ def test_an_integer_runtime_that_pays_keeps_the_integer_form() -> None:
         model, base, x, runtimes=["torch", "onnxruntime"], timer=form_timer(costs), fallback=float_compute
     )
     assert not choice.use_fallback and choice.runtime == "onnxruntime" and not choice.fallback_ms
+
+
+def test_a_runtime_that_pays_once_but_not_when_timed_again_is_not_deployed() -> None:
+    from torchslim.quant.dequantized import float_compute
+
+    model, base, x = pair()
+    calls: list[str] = []
+
+    def timer(entries: Sequence[tuple[nn.Module, str]], example_inputs: Any) -> list[float]:
+        rt = entries[0][1]
+        calls.append(rt)
+        lucky = rt == "onnxruntime" and calls.count(rt) == 1  # a slow spell while fp32 ran, the first time
+        costs = NO_INT8_KERNELS | ({(True, "onnxruntime"): 0.5} if lucky else {})
+        return [costs[(integer(m), r)] for m, r in entries]
+
+    choice = deploy.choose_runtime(
+        model, base, x, runtimes=["torch", "onnxruntime"], timer=timer, fallback=float_compute
+    )
+    assert choice.use_fallback and choice.confirm_ms == {
+        "onnxruntime": {"model_ms": 0.78, "baseline_ms": 0.8}
+    }

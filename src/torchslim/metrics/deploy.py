@@ -5,8 +5,8 @@ Integer layers pay only where a runtime has kernels for them: eager PyTorch dequ
 (1.6x on a Xeon with VNNI/AMX; about 1.0x on an AVX2-only EPYC), torch.compile runs torchao's int8
 matmuls. So every installed candidate is timed on the example inputs (median of a few round-robin
 repeats, one thread), the baseline beside it in the same runtime. The model is deployed as it is in the
-fastest runtime where it is at least `PAYS` times as fast as the baseline; where none is (and a
-`fallback` form is given, e.g. the float-compute form of a quantized model: integers stored, weights
+fastest runtime where it is at least `PAYS` times as fast as the baseline (in two timings); where none
+is (and a `fallback` form is given, e.g. the float-compute form of a quantized model: integers stored, weights
 dequantized once at load), that form is timed too and deployed in its fastest runtime: compression then
 keeps the size win without making the model slower. Without a fallback the plain fastest wins.
 """
@@ -47,6 +47,8 @@ class RuntimeChoice:
     fallback_ms: dict[str, float] = field(default_factory=dict)
     """The fallback form's median ms per runtime (timed only when the model as it is does not pay)."""
     fallback_baseline_ms: dict[str, float] = field(default_factory=dict)
+    confirm_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The second timing of the fastest paying runtime (model and baseline), which must pay again."""
     use_fallback: bool = False
     """Deploy the fallback form (see the module doc) rather than the model as it is."""
 
@@ -56,6 +58,8 @@ class RuntimeChoice:
             for rt, ms in self.model_ms.items()
         }
         out: dict[str, Any] = {"runtime_chosen": self.runtime, "runtime_candidates": timed}
+        if self.confirm_ms:
+            out["runtime_confirmed"] = self.confirm_ms
         if self.fallback_ms:
             out["fallback_candidates"] = {
                 rt: {"model_ms": round(ms, 4), "baseline_ms": round(self.fallback_baseline_ms[rt], 4)}
@@ -120,6 +124,8 @@ def choose_runtime(
     if not choice.model_ms:
         return choice
     pays = [rt for rt, ms in choice.model_ms.items() if ms * PAYS <= choice.baseline_ms[rt]]
+    if pays and fallback is not None and not _confirmed(choice, model, baseline, example_inputs, pays, run):
+        pays = []
     if pays or fallback is None:
         not_slower = [rt for rt, ms in choice.model_ms.items() if ms <= choice.baseline_ms[rt]]
         pool = pays or not_slower or list(choice.model_ms)
@@ -133,6 +139,22 @@ def choose_runtime(
         choice.use_fallback = True
         choice.runtime = min(ms_of, key=lambda rt: (ms_of[rt], rt))
     return choice
+
+
+def _confirmed(
+    choice: RuntimeChoice,
+    model: nn.Module,
+    baseline: nn.Module,
+    example_inputs: Any,
+    pays: list[str],
+    run: Timer,
+) -> bool:
+    """Time the fastest paying runtime once more: it must pay again (one slow spell of a shared machine
+    can make fp32 look slow; measured so, lenet5-digits int8 read 1.55x at the choice and 0.98x after)."""
+    rt = min(pays, key=lambda r: (choice.model_ms[r], r))
+    ms, base = run([(model, rt), (baseline, rt)], example_inputs)
+    choice.confirm_ms[rt] = {"model_ms": round(ms, 4), "baseline_ms": round(base, 4)}
+    return ms * PAYS <= base
 
 
 def _time_all(
