@@ -35,8 +35,8 @@ def test_float_form_is_the_float_op_on_the_dequantized_weights(tmp_path: Path) -
     int_out = model(x)
     names = float_compute_(model)
     assert names == ["0", "3"] and not has_quantized_layers(model)
-    h = F.relu(F.conv1d(x, conv.weight(), conv.bias, padding=1)).flatten(1)
-    expected = F.linear(h, fc.weight(), fc.bias)  # no activation grid on the way
+    h = F.relu(F.conv1d(x, conv.weight, conv.bias, padding=1)).flatten(1)
+    expected = F.linear(h, fc.weight, fc.bias)  # no activation grid on the way
     assert torch.equal(model(x), expected)
     assert not torch.equal(int_out, expected)  # static activations did round before
     ts.save(model, tmp_path / "m")
@@ -56,7 +56,7 @@ def test_smoothing_is_folded_back_into_the_float_weight() -> None:
     assert isinstance(layer, QuantModule) and hasattr(layer, "smooth")
     twin = float_compute(model)
     assert layer.compute == "int"  # the copy changed, not the model
-    expected = F.linear(x / layer.smooth, layer.weight(), layer.bias)
+    expected = F.linear(x / layer.smooth, layer.weight, layer.bias)
     torch.testing.assert_close(twin(x), expected, rtol=1e-5, atol=1e-5)
 
 

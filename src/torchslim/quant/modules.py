@@ -94,7 +94,7 @@ class QuantModule(nn.Module):
         self.refresh()
 
     def _float_weight(self) -> torch.Tensor:
-        w = self.weight()
+        w = self.weight
         return w / self.smooth if hasattr(self, "smooth") else w  # x / s @ (w * s)^T == x @ w^T
 
     # -- weights --------------------------------------------------------------------------------
