@@ -22,7 +22,6 @@ from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.runtimes import ort_feed, ort_session
 
 COLUMNS = ["model", "method", "runtime", "quality", "size ratio", "latency ms", "speedup"]
-FIRST_LABEL = "first recipe (defaults):"
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -89,7 +88,6 @@ def _minilm(table: Table, quick: bool, tmp: Path) -> None:
             f"per-token {t[4] / t[6]:.2f}x, torchao peer {t[4] / t[7]:.2f}x; ours in onnxruntime is "
             f"{t[5] / t[2]:.2f}x faster than ours lowered+compiled"
         )
-    _first_recipe_minilm(table, task, fp, x, ref, fp_size, quick)
     if not quick:
         m4 = task.model()
         cfg = ts.QuantConfig(bits=4, weights="per_group", group_size=64, symmetric=False, method="gptq")
@@ -99,43 +97,6 @@ def _minilm(table: Table, quick: bool, tmp: Path) -> None:
             ["minilm", "ours int4 g64 gptq weight-only", "torch", cos4, size4, measure_latency(m4, x), None]
         )
         table.notes.append(f"minilm int4: cosine {cos4:.4f} (target >= 0.98), size {size4:.3f}x (<= 0.16x)")
-
-
-def _first_recipe_minilm(
-    table: Table, task: Any, fp: torch.nn.Module, x: Any, ref: torch.Tensor, fp_size: int, quick: bool
-) -> None:
-    """The issue's two minilm first recipes, defaults only: dynamic int8 (smoothing and runtime chosen by
-    measurement) and 4-bit per_group weights (GPTQ because calibration data is given)."""
-    from torchslim.metrics.deploy import choose_runtime
-
-    m = task.model()
-    result = ts.quantize_(
-        m, ts.QuantConfig(bits=8, weights="per_channel", activations="dynamic"), task.calibration_loader(8)
-    )
-    choice = choose_runtime(m, fp, x)
-    rt = choice.runtime
-    cos, size = _cos(m(*x).detach(), ref), ts.io.saved_size(m) / fp_size
-    speedup = choice.baseline_ms[rt] / choice.model_ms[rt]
-    label = f"{FIRST_LABEL} `QuantConfig(bits=8, weights='per_channel', activations='dynamic')`"
-    table.rows.append(["minilm", label, rt, cos, size, choice.model_ms[rt], speedup])
-    table.notes.append(
-        f"minilm int8 first recipe: smoothing alpha {result.chosen.get('smoothing')} chosen "
-        f"(output error per alpha {result.chosen.get('smoothing_output_error')}), deployed in {rt} "
-        f"(candidates, ms model/fp32: "
-        + ", ".join(
-            f"{k} {v['model_ms']:.1f}/{v['baseline_ms']:.1f}"
-            for k, v in choice.notes()["runtime_candidates"].items()
-        )
-        + f"); {speedup:.2f}x fp32 in {rt}"
-    )
-    if quick:
-        return
-    m4 = task.model()
-    result = ts.quantize_(m4, ts.QuantConfig(bits=4, weights="per_group"), task.calibration_loader(4))
-    cos4, size4 = _cos(m4(*x).detach(), ref), ts.io.saved_size(m4) / fp_size
-    label = f"{FIRST_LABEL} `QuantConfig(bits=4, weights='per_group')` + calibration data"
-    table.rows.append(["minilm", label, "torch", cos4, size4, None, None])
-    table.notes.append(f"minilm int4 first recipe: rounding {result.chosen['linear_rounding']}")
 
 
 def _in_pytorch_rows(
@@ -221,37 +182,11 @@ def _classifier(table: Table, name: str, tmp: Path) -> None:
             lat_fp / lat_peer,
         ],
     ]
-    _first_recipe_classifier(table, name, tmp)
     table.notes.append(
         f"{name}: int8 accuracy {acc_q:.4f} vs fp32 {acc_fp:.4f} "
         f"(within 0.003: {round(acc_fp - acc_q, 9) <= 0.003}), "
         f"vs onnxruntime quantize_static {acc_peer:.4f} (at least: {acc_q >= acc_peer}); "
         f"{lat_fp / lat_q:.2f}x faster than fp32 in onnxruntime (>= 1.5x: {lat_fp / lat_q >= 1.5})"
-    )
-
-
-FIRST_INT8 = {"quantize": {"bits": 8, "weights": "per_channel", "activations": "static"}}
-
-
-def _first_recipe_classifier(table: Table, name: str, tmp: Path) -> None:
-    """The recipe a new user writes first: the plain static int8 stage, every other option at its default."""
-    report = ts.run_recipe({"model": f"zoo:{name}", "stages": [FIRST_INT8]}, tmp / f"first-{name}")
-    final = report["stages"][-1]
-    table.rows.append(
-        [
-            name,
-            f"{FIRST_LABEL} `quantize: {{bits: 8, weights: per_channel, activations: static}}`",
-            final["runtime"],
-            final["accuracy"],
-            1 / report["compression_ratio"],
-            final["latency_ms"],
-            report["speedup_same_runtime"],
-        ]
-    )
-    table.notes.append(
-        f"{name} first recipe: deployed in {final['runtime']} (chosen by measurement), "
-        f"{report['speedup_same_runtime']:.2f}x the speed of fp32 timed there (like with like; "
-        f"{report['speedup']:.2f}x against fp32 eager), accuracy {final['accuracy']:.4f} (reloaded)"
     )
 
 

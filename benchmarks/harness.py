@@ -53,8 +53,29 @@ def benchmark(name: str) -> Callable[[Callable[[bool], Table]], Callable[[bool],
     return add
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+"""CPU features that decide which integer kernels pay (VNNI/AMX: int8 dot products)."""
+
+
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {os.cpu_count()} cores"
+    cpu, flags = _cpuinfo()
+    isa = "/".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
+    return (
+        f"{cpu or platform.processor() or platform.machine()} ({isa}), torch {torch.__version__}, "
+        f"{os.cpu_count()} cores"
+    )
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", set()
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()) if v
+    )
+    return fields.get("model name", ""), set(fields.get("flags", "").split())
 
 
 def write_section(name: str, command: str, table: Table, path: Path = RESULTS) -> None:

@@ -40,6 +40,37 @@ def test_a_default_int8_run_is_not_slower_than_fp32_in_its_runtime(
     assert list(report).index("speedup_same_runtime") < list(report).index("speedup")
 
 
+def test_without_integer_kernels_that_pay_a_default_int8_run_deploys_float_compute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    # this CPU (AVX2, no VNNI): int8 slower in eager, 0.98x fp32 in onnxruntime; float compute = fp32 cost
+    costs = {(False, "torch"): 1.0, (True, "torch"): 1.6, (False, "onnxruntime"): 0.8}
+    costs[(True, "onnxruntime")] = 0.82
+
+    def latency(entries: Sequence[tuple[Any, str]], example_inputs: Any, **kwargs: Any) -> list[float]:
+        def integer(model: nn.Module) -> bool:
+            return any(isinstance(m, QuantModule) and m.compute == "int" for m in model.modules())
+
+        return [costs[(integer(model), rt)] for model, rt in entries]
+
+    monkeypatch.setattr(deploy, "default_timer", latency)
+    monkeypatch.setattr(pipeline, "paired_latency", latency)
+    recipe = {
+        "model": "zoo:tiny-digits",
+        "stages": [{"quantize": {"bits": 8, "weights": "per_channel", "activations": "static"}}],
+    }
+    report = ts.run_recipe(recipe, tmp_path / "run")
+    final = report["stages"][-1]
+    assert final["deployed_form"] == "float compute" and "0.98x" in final["deploy_reason"]
+    assert report["runtime"] == "onnxruntime" and report["speedup_same_runtime"] >= 1
+    assert report["compression_ratio"] > 2  # the integers are what is stored
+    loaded = ts.load(tmp_path / "run" / "model")
+    layers = [m for m in loaded.modules() if isinstance(m, QuantModule)]
+    assert layers and all(m.compute == "float" for m in layers)
+
+
 def test_the_final_model_of_a_pruning_run_has_no_masks_left(tmp_path: Path) -> None:
     recipe = {"model": "zoo:tiny-digits", "stages": [{"prune": {"kind": "unstructured", "sparsity": 0.5}}]}
     report = ts.run_recipe(recipe, tmp_path / "run")

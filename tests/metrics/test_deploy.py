@@ -86,3 +86,77 @@ def test_the_real_timer_times_both_models(runtime: str) -> None:
     model, base, x = pair()
     choice = deploy.choose_runtime(model, base, x, runtimes=[runtime])
     assert choice.runtime == runtime and choice.model_ms[runtime] > 0 and choice.baseline_ms[runtime] > 0
+
+
+# this CPU (AVX2, no VNNI): int8 is slower than fp32 in eager PyTorch and barely faster in onnxruntime;
+# the float-compute form (integers stored, weights dequantized once) costs what fp32 costs.
+NO_INT8_KERNELS = {
+    (False, "torch"): 1.0,
+    (True, "torch"): 1.6,
+    (False, "onnxruntime"): 0.8,
+    (True, "onnxruntime"): 0.78,
+}
+
+
+def integer(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantModule) and m.compute == "int" for m in model.modules())
+
+
+def form_timer(costs: dict[tuple[bool, str], float]) -> deploy.Timer:
+    def timer(entries: Sequence[tuple[nn.Module, str]], example_inputs: Any) -> list[float]:
+        return [costs[(integer(m), rt)] for m, rt in entries]
+
+    return timer
+
+
+def test_where_integer_layers_do_not_pay_the_float_compute_form_is_deployed() -> None:
+    from torchslim.quant.dequantized import float_compute
+
+    model, base, x = pair()
+    choice = deploy.choose_runtime(
+        model,
+        base,
+        x,
+        runtimes=["torch", "onnxruntime"],
+        timer=form_timer(NO_INT8_KERNELS),
+        fallback=float_compute,
+    )
+    assert choice.use_fallback and choice.runtime == "onnxruntime"
+    assert choice.fallback_ms[choice.runtime] <= choice.fallback_baseline_ms[choice.runtime]
+    assert integer(model)  # the choice leaves the model as it is; the stage converts it
+    notes = choice.notes()
+    assert notes["deployed_form"] == "float compute"
+    assert "onnxruntime 1.03x (0.78 ms vs fp32 0.8 ms)" in notes["deploy_reason"]
+    assert "1.00x fp32 there" in notes["deploy_reason"]
+
+
+def test_an_integer_runtime_that_pays_keeps_the_integer_form() -> None:
+    from torchslim.quant.dequantized import float_compute
+
+    model, base, x = pair()
+    costs = NO_INT8_KERNELS | {(True, "onnxruntime"): 0.8 / deploy.PAYS}
+    choice = deploy.choose_runtime(
+        model, base, x, runtimes=["torch", "onnxruntime"], timer=form_timer(costs), fallback=float_compute
+    )
+    assert not choice.use_fallback and choice.runtime == "onnxruntime" and not choice.fallback_ms
+
+
+def test_a_runtime_that_pays_once_but_not_when_timed_again_is_not_deployed() -> None:
+    from torchslim.quant.dequantized import float_compute
+
+    model, base, x = pair()
+    calls: list[str] = []
+
+    def timer(entries: Sequence[tuple[nn.Module, str]], example_inputs: Any) -> list[float]:
+        rt = entries[0][1]
+        calls.append(rt)
+        lucky = rt == "onnxruntime" and calls.count(rt) == 1  # a slow spell while fp32 ran, the first time
+        costs = NO_INT8_KERNELS | ({(True, "onnxruntime"): 0.5} if lucky else {})
+        return [costs[(integer(m), r)] for m, r in entries]
+
+    choice = deploy.choose_runtime(
+        model, base, x, runtimes=["torch", "onnxruntime"], timer=timer, fallback=float_compute
+    )
+    assert choice.use_fallback and choice.confirm_ms == {
+        "onnxruntime": {"model_ms": 0.78, "baseline_ms": 0.8}
+    }

@@ -91,3 +91,71 @@ def test_quant_config_checks_method_and_smoothing() -> None:
     with pytest.raises(UserError, match="smoothing"):
         ts.QuantConfig(smoothing=1.5)
     assert ts.QuantConfig.from_dict(ts.QuantConfig(smoothing=0.5).to_dict()).smoothing == 0.5
+
+
+def _grids(config: ts.QuantConfig, data: list | None) -> dict[str, tuple[bool, int, str]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 128, 8), nn.Linear(8, 8))
+    result = ts.quantize_(model, config, data)
+    return {n: (p["symmetric"], p["group_size"], p["granularity"]) for n, p in result.quantized.items()}
+
+
+@pytest.mark.parametrize(
+    ("bits", "has_data", "expected"),
+    [
+        # at 4 bits Linear layers get asymmetric groups of 64 (the 8-input one falls back to per_channel:
+        # 64 does not divide 8), the convolution keeps a symmetric grid; at 3 bits all are asymmetric
+        (
+            4,
+            True,
+            {"0": (True, 64, "per_channel"), "2": (False, 64, "per_group"), "3": (False, 64, "per_channel")},
+        ),
+        (
+            4,
+            False,
+            {"0": (True, 64, "per_channel"), "2": (False, 64, "per_group"), "3": (False, 64, "per_channel")},
+        ),
+        (
+            3,
+            False,
+            {"0": (False, 64, "per_channel"), "2": (False, 64, "per_group"), "3": (False, 64, "per_channel")},
+        ),
+        (
+            8,
+            True,
+            {
+                "0": (True, 128, "per_channel"),
+                "2": (True, 128, "per_group"),
+                "3": (True, 128, "per_channel"),
+            },
+        ),
+    ],
+)
+def test_default_grids_by_width_and_rounding(bits: int, has_data: bool, expected: dict) -> None:
+    x = torch.randn(16, 2, 130)
+    assert _grids(ts.QuantConfig(bits=bits, weights="per_group"), [x] if has_data else None) == expected
+
+
+def test_explicit_grid_settings_win_over_the_auto_ones() -> None:
+    grids = _grids(
+        ts.QuantConfig(bits=4, weights="per_group", group_size=32, symmetric=True), [torch.randn(4, 2, 130)]
+    )
+    assert grids["2"] == (True, 32, "per_group")
+
+
+def test_default_4_bit_groups_beat_the_old_symmetric_g128_default() -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(256, 256) @ torch.randn(256, 256)) * torch.rand(256) * 3  # correlated, uneven channels
+    errors = {}
+    for label, config in {
+        "default": ts.QuantConfig(bits=4, weights="per_group"),
+        "old": ts.QuantConfig(bits=4, weights="per_group", group_size=128, symmetric=True),
+    }.items():
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(256, 64))
+        model[0].weight.data += 0.05  # skewed groups: where a zero point pays
+        ref = model(x).detach()
+        ts.quantize_(model, config, [x])
+        with torch.no_grad():
+            errors[label] = float((model(x) - ref).pow(2).mean() / ref.pow(2).mean())
+    assert errors["default"] < 0.7 * errors["old"]

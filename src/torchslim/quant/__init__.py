@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torchslim.quant.api import KINDS, quantize_
 from torchslim.quant.codebook import CodebookModule
+from torchslim.quant.dequantized import float_compute_
 from torchslim.quant.observers import OBSERVERS
 from torchslim.quant.ptq import QuantResult
 from torchslim.quant.qat import FakeQuant, convert_
@@ -17,5 +18,6 @@ __all__ = [
     "FakeQuant",
     "QuantResult",
     "convert_",
+    "float_compute_",
     "quantize_",
 ]

@@ -6,6 +6,10 @@ Each layer keeps `qweight` (integers packed into uint8: two 4-bit values a byte)
 integer kernel computes, on float kernels); during ONNX export it emits QuantizeLinear /
 DequantizeLinear / MatMulInteger with these very scales, so onnxruntime runs integer kernels.
 `HANDLERS` maps a float layer type to its quantized class: a layer type with no handler is skipped.
+
+`compute="float"` (see `torchslim.quant.dequantized`) keeps the integers as storage but dequantizes them
+once (at load) and runs the float op without quantizing activations: where no runtime has integer
+kernels that pay, the deployed layer then costs what the float layer cost.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torchslim.registry import Registry
 
 ACT_BITS = 8  # activations are always uint8 asymmetric: what integer CPU kernels (u8s8) expect
 ACT_QMIN, ACT_QMAX = 0, 2**ACT_BITS - 1
+COMPUTES = ("int", "float")
 
 
 class QuantModule(nn.Module):
@@ -69,13 +74,28 @@ class QuantModule(nn.Module):
         if smooth:  # SmoothQuant: inputs divided per channel, weights multiplied (stored that way)
             self.register_buffer("smooth", torch.ones(self.weight_shape[1]))
         self.export_constants: dict[str, Any] = {}
+        self.compute = "int"
+        self.float_weight: torch.Tensor | None = None
+        """`compute="float"`: the dequantized weight (smoothing folded back in), kept as a plain tensor."""
         self.register_load_state_dict_post_hook(lambda mod, keys: mod.refresh())
 
     def refresh(self) -> None:
         """Recompute the ONNX constants (plain tensors, not state): the exporter must not trace them."""
         from torchslim.quant.backends.onnx_ops import constants
 
+        self.float_weight = self._float_weight().detach().clone() if self.compute == "float" else None
         self.export_constants = constants(self)
+
+    def set_compute(self, compute: str) -> None:
+        """`int`: the integer grids as quantized; `float`: float op on the weights dequantized once."""
+        if compute not in COMPUTES:
+            raise ValueError(f"compute must be one of {COMPUTES}, got {compute!r}")
+        self.compute = compute
+        self.refresh()
+
+    def _float_weight(self) -> torch.Tensor:
+        w = self.weight
+        return w / self.smooth if hasattr(self, "smooth") else w  # x / s @ (w * s)^T == x @ w^T
 
     # -- weights --------------------------------------------------------------------------------
     def set_weight(self, w: torch.Tensor, scale: torch.Tensor | None = None) -> None:
@@ -125,6 +145,8 @@ class QuantModule(nn.Module):
         return fake_quantize(x, scale, zero, ACT_QMIN, ACT_QMAX)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_weight is not None:  # compute="float" (also in ONNX export: a float initializer)
+            return self.op(x, self.float_weight)
         if torch.onnx.is_in_onnx_export():
             from torchslim.quant.backends.onnx_ops import export_forward
 
@@ -187,6 +209,8 @@ class QuantEmbedding(QuantModule):
         self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_weight is not None:
+            return F.embedding(x, self.float_weight, self.padding_idx)
         rows, dim = self.weight_shape
         per = per_byte(self.spec.bits)
         if dim % per or torch.onnx.is_in_onnx_export():

@@ -97,15 +97,17 @@ def _unsupported(mod: nn.Module) -> str | None:
 def layer_spec(mod: nn.Module, config: QuantConfig, bits: int | None = None) -> tuple[WeightSpec, str | None]:
     """Spec for one layer; per_group falls back to per_channel when the inputs do not divide evenly."""
     granularity = config.weights
+    bits = bits or config.bits
+    conv = isinstance(mod, (nn.Conv1d, nn.Conv2d))
+    group_size, symmetric = auto.group_size_for(config, bits), auto.symmetric_for(config, bits, conv)
     inputs = _weight(mod)[0].numel()
-    if granularity == "per_group" and inputs % config.group_size:
+    if granularity == "per_group" and inputs % group_size:
         granularity = "per_channel"
     activations = None if isinstance(mod, nn.Embedding) else config.activations
-    bits = bits or config.bits
     reduce = config.reduce_range
     if reduce is None:
         reduce = activations is not None and bits == 8 and config.kind == "int"
-    return WeightSpec(bits, granularity, config.group_size, config.symmetric, reduce), activations
+    return WeightSpec(bits, granularity, group_size, symmetric, reduce), activations
 
 
 def quantize_(

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from torchslim.config import QuantConfig
 from torchslim.quant.api import quantize_
+from torchslim.quant.dequantized import float_compute, float_compute_, has_quantized_layers
 from torchslim.quant.qat import convert_
 from torchslim.recipe import StageSpec, register_stage
 
@@ -28,8 +29,10 @@ class QuantizeSpec(StageSpec):
     bits: int = Field(8, ge=2, le=8)
     """Weight bit width, 2 to 8."""
     weights: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
-    group_size: int = Field(128, ge=1)
-    symmetric: bool = True
+    group_size: int | None = Field(None, ge=1)
+    """Weights per scale (per_group); null: 64 at 4 bits and below, 128 above."""
+    symmetric: bool | None = None
+    """null: asymmetric at 3 bits and below and for Linear/Embedding layers at 4, else symmetric."""
     activations: Literal["dynamic", "static"] | None = None
     """null: weight-only; dynamic: per batch at run time; static: ranges from calibration."""
     calibration: CalibrationSpec = CalibrationSpec()
@@ -134,12 +137,16 @@ def quantize(ctx: Any, spec: QuantizeSpec) -> None:
 
 def deploy(ctx: Any, runtime: str) -> None:
     """Set where this and later stages run (the pipeline also times the baseline there, like with like);
-    `auto` measures the installed runtimes on the example inputs and takes the fastest."""
+    `auto` measures the installed runtimes on the example inputs and takes the fastest; where none runs
+    the integer layers faster than fp32, the model is deployed in its float-compute form (`dequantized`)."""
     if runtime == "auto":
         from torchslim.metrics.deploy import choose_runtime
 
-        choice = choose_runtime(ctx.model, ctx.teacher, ctx.task.example_inputs)
+        fallback = float_compute if has_quantized_layers(ctx.model) else None
+        choice = choose_runtime(ctx.model, ctx.teacher, ctx.task.example_inputs, fallback=fallback)
         ctx.note(**choice.notes())
+        if choice.use_fallback:
+            float_compute_(ctx.model)
         runtime = choice.runtime
     ctx.runtime = runtime
     if runtime == "torch.compile":

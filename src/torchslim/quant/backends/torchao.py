@@ -45,6 +45,8 @@ def why_not(mod: QuantModule) -> str | None:
     """Why torchao cannot take this quantized layer, or None when it can."""
     if not isinstance(mod, QuantLinear):
         return f"{type(mod).__name__}: torchao's int8 tensors cover Linear layers only"
+    if mod.compute == "float":
+        return "computed in float (weights dequantized at load)"
     spec = mod.spec
     if not spec.symmetric:
         return "asymmetric weight grid (torchao's int8 matmul takes no weight zero point)"
