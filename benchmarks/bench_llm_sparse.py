@@ -129,6 +129,12 @@ def minilm(quick: bool) -> Table:
 
 
 @benchmark("llm_sparse_llama")
+def _input_ids(batch: Any) -> torch.Tensor:
+    """The token ids of one calibration batch: `(inputs, target)` pairs, a mapping or a bare tensor."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return inputs["input_ids"] if isinstance(inputs, dict) else inputs
+
+
 def llama(quick: bool) -> Table:
     task = ts.zoo.get("llama-pydocs")
     base = task.model().eval()
@@ -139,7 +145,7 @@ def llama(quick: bool) -> Table:
     table.rows.append(["dense", "-", dense, 0.0, 0.0, 0.0])
     include = ["model.layers.*"]
     settings = SETTINGS[:1] + SETTINGS[3:] if quick else SETTINGS
-    batches = [{"input_ids": b[0] if isinstance(b, (tuple, list)) else b["input_ids"]} for b in data]
+    batches = [{"input_ids": _input_ids(b)} for b in data]
     for label, sparsity, pattern in settings:
         for importance in OURS:
             model = copy.deepcopy(base)
