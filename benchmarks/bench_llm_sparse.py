@@ -128,13 +128,13 @@ def minilm(quick: bool) -> Table:
     return table
 
 
-@benchmark("llm_sparse_llama")
 def _input_ids(batch: Any) -> torch.Tensor:
     """The token ids of one calibration batch: `(inputs, target)` pairs, a mapping or a bare tensor."""
     inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
     return inputs["input_ids"] if isinstance(inputs, dict) else inputs
 
 
+@benchmark("llm_sparse_llama")
 def llama(quick: bool) -> Table:
     task = ts.zoo.get("llama-pydocs")
     base = task.model().eval()
