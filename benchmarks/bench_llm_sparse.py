@@ -155,7 +155,12 @@ def llama(quick: bool) -> Table:
                                _sparsity(model, "model.layers."), round(sec, 1)])  # fmt: skip
         if peer_available():
             for method in ("sparsegpt", "wanda"):
-                pruned, sec = peer(base, method, sparsity, pattern, batches, task.tokenizer, ["lm_head"])
+                # llm-compressor names a targeted Linear "lm_head." (trailing dot), so a plain "lm_head"
+                # ignore misses it and prunes the tied embedding too; its documented pattern matches
+                pruned, sec = peer(base, method, sparsity, pattern, batches, task.tokenizer, ["re:.*lm_head"])
+                head_zeros = float((pruned.lm_head.weight == 0).float().mean())
+                if head_zeros > 0.01:
+                    table.notes.append(f"llm-compressor {method} {label}: lm_head {head_zeros:.0%} zeros")
                 ppl = task.perplexity(pruned)
                 table.rows.append([label, f"llm-compressor {method}", ppl, 100 * (ppl / dense - 1),
                                    _sparsity(pruned, "model.layers."), round(sec, 1)])  # fmt: skip
