@@ -86,11 +86,16 @@ def _nd(kind: str, dims: int, b: Builder) -> Any:
 # -- weighted layers ------------------------------------------------------------------------------
 def _conv_layer(b: Builder, node: onnx.NodeProto, *, transpose: bool) -> tuple[nn.Module, list[int] | None]:
     """The torch convolution of a Conv / ConvTranspose node, and the explicit padding it needs first."""
+    return conv_from(b, node.input[0], b.const(node.input[1]), b.optional_const(2), transpose=transpose)
+
+
+def conv_from(
+    b: Builder, x_name: str, weight: np.ndarray, bias: np.ndarray | None, *, transpose: bool = False
+) -> tuple[nn.Module, list[int] | None]:
+    """A torch convolution with the current node's attributes and these float weights (Conv, QLinearConv)."""
     a = b.attrs()
-    weight = b.const(node.input[1])
-    bias = b.optional_const(2)
     dims = weight.ndim - 2
-    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
+    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), x_name)
     groups = int(a.get("group", 1))
     # ONNX weights are (out, in/groups, k...) for Conv and (in, out/groups, k...) for ConvTranspose
     io = (

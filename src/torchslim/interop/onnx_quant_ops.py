@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from torchslim.interop.onnx_import import Builder, _identifier
-from torchslim.interop.onnx_ops import _nd, _param, _spatial_pads, register
+from torchslim.interop.onnx_ops import _param, conv_from, register
 
 if TYPE_CHECKING:
     import onnx
@@ -275,28 +275,14 @@ def _qlinear_grid(b: Builder, node: onnx.NodeProto, at: int) -> Grid:
 
 @register("QLinearConv")
 def qlinear_conv(b: Builder, node: onnx.NodeProto) -> fx.Node:
-    a = b.attrs()
     info = _qlinear_weight(b, node.input[3], node.input[4], node.input[5], 0)
     weight = (info.q.astype(np.float32) - _bcast(info.zero, info.q)) * _bcast(info.scale, info.q)
-    dims = weight.ndim - 2
-    padding, explicit = _spatial_pads(b, a, list(weight.shape[2:]), node.input[0])
+    bias = b.optional_const(8)
+    if bias is not None:  # int32 on the scale x_scale * w_scale
+        bias = bias.astype(np.float64) * float(b.const(node.input[1])) * info.scale
+    layer, explicit = conv_from(b, node.input[0], weight, bias)
     if explicit is not None:
         b.fail("asymmetric pads are not supported")
-    groups = int(a.get("group", 1))
-    bias = b.optional_const(8)
-    layer = _nd("Conv", dims, b)(
-        weight.shape[1] * groups,
-        weight.shape[0],
-        tuple(weight.shape[2:]),
-        stride=tuple(a.get("strides", [1] * dims)),
-        padding=tuple(padding),
-        dilation=tuple(a.get("dilations", [1] * dims)),
-        groups=groups,
-        bias=bias is not None,
-    )
-    layer.weight = _param(weight)
-    if bias is not None:  # int32 on the scale x_scale * w_scale
-        layer.bias = _param(bias.astype(np.float64) * float(b.const(node.input[1])) * info.scale)
     return _around(b, node, layer, info, b.tensor(node.input[0]))
 
 
