@@ -9,7 +9,6 @@ MAC reduction after the same short fine-tune; graph build time on a ResNet-50-si
 from __future__ import annotations
 
 import copy
-import multiprocessing
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
-from benchmarks.harness import Table, benchmark
+from benchmarks.harness import Table, benchmark, in_child
 from torchslim.data import call
 from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics import count_macs, measure_latency
@@ -75,18 +74,9 @@ COVERAGE_SECONDS = 120
 
 
 def _pruned_ok(tool: str, name: str) -> bool:
-    """`_prunes` in a fresh (spawned) child, so a tool that never finishes on a model counts as a
-    failure after COVERAGE_SECONDS (a forked child of a process that ran torch ops can deadlock)."""
-    ctx = multiprocessing.get_context("spawn")
-    result = ctx.Queue()
-    child = ctx.Process(target=_coverage_child, args=(tool, name, result))
-    child.start()
-    child.join(COVERAGE_SECONDS)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return False
-    return bool(not result.empty() and result.get())
+    """`_prunes` in a fresh child, so a tool that never finishes on a model counts as a failure after
+    COVERAGE_SECONDS."""
+    return in_child(_coverage_child, (tool, name), COVERAGE_SECONDS) is True
 
 
 def _coverage_child(tool: str, name: str, result: Any) -> None:

@@ -15,7 +15,6 @@ index's torchvision is a CUDA build that breaks CPU torch). Run one model by han
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import traceback
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from benchmarks.harness import Table, benchmark
+from benchmarks.harness import NO_RESULT, TIMED_OUT, Table, benchmark, in_child
 
 TIMM = os.environ.get("TIMM_PATH", "/work/peers/timm")
 PEER = os.environ.get("TORCH_PRUNING_PATH", "/work/peers/tp")
@@ -147,18 +146,11 @@ def _child(name: str, tool: str, result: Any) -> None:
 
 
 def run_one(name: str, tool: str) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    result = ctx.Queue()
-    child = ctx.Process(target=_child, args=(name, tool, result))
-    child.start()
-    child.join(SECONDS)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return {"ok": False, "shape": False, "kept": 1.0, "error": f"no result in {SECONDS} s"}
-    return (
-        result.get() if not result.empty() else {"ok": False, "shape": False, "kept": 1.0, "error": "crash"}
-    )
+    failed = {"ok": False, "shape": False, "kept": 1.0}
+    result = in_child(_child, (name, tool), SECONDS)
+    if result is TIMED_OUT:
+        return {**failed, "error": f"no result in {SECONDS} s"}
+    return {**failed, "error": "crash"} if result is NO_RESULT else result
 
 
 def _cells(r: dict[str, Any]) -> list[Any]:

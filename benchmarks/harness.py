@@ -6,6 +6,7 @@ benchmark's section of BENCHMARKS.md (between `<!-- bench:NAME -->` markers), ke
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -55,6 +56,25 @@ def benchmark(name: str) -> Callable[[Callable[[bool], Table]], Callable[[bool],
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
 """CPU features that decide which integer kernels pay (VNNI/AMX: int8 dot products)."""
+
+
+TIMED_OUT, NO_RESULT = object(), object()
+
+
+def in_child(target: Callable[..., None], args: tuple[Any, ...], seconds: float) -> Any:
+    """`target(*args, queue)` in a fresh (spawned) child: what it put on the queue, TIMED_OUT when it ran
+    past `seconds` (then killed), NO_RESULT when it died without one. Spawned, since a forked child of a
+    process that ran torch ops can deadlock."""
+    ctx = multiprocessing.get_context("spawn")
+    result = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, result))
+    child.start()
+    child.join(seconds)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return TIMED_OUT
+    return NO_RESULT if result.empty() else result.get()
 
 
 def machine() -> str:
