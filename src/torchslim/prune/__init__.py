@@ -12,6 +12,7 @@ from __future__ import annotations
 from torchslim.prune import blocks_stage as blocks_stage  # kind: blocks (depth pruning)
 from torchslim.prune import channel_stage as channel_stage  # ChannelConfig, kind: channel, channel_prune
 from torchslim.prune import codecs as codecs
+from torchslim.prune import recurrent as recurrent  # layer rules: LSTM/GRU hidden units
 from torchslim.prune.api import PRUNERS, PruneReport, prune_, prune_unstructured
 from torchslim.prune.importance import IMPORTANCE, ImportanceInput, elementwise, register_importance
 from torchslim.prune.masks import Mask, harden, iter_masks, make_permanent

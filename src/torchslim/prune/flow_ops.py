@@ -38,6 +38,8 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
     path, rule = str(n.target), rule_of(module)
     kind = "opaque" if path in an.opaque or rule is None else rule.kind(module)
     x = _first(n)
+    if rule is not None and rule.flow is not None and kind != "opaque":
+        return rule.flow(an, n, module, out)
     if kind == "opaque" or rule is None or not is_tensor(out) or not is_tensor(an.value(x)):
         an.freeze_args(n)
         return None
@@ -326,7 +328,7 @@ def reduce(an: Analyzer, n: fx.Node, out: Any) -> Out:
     return Chan(c.ids, c.dim if keep else c.dim - sum(1 for d in dims if d < c.dim))
 
 
-@register("MultiheadAttention", "PrunedMultiheadAttention", "LSTM", "GRU", "RNN", "PReLU")
+@register("MultiheadAttention", "PrunedMultiheadAttention", "RNN", "PReLU")
 @register("Transformer", "TransformerEncoder", "TransformerDecoder")
 @register("TransformerEncoderLayer", "TransformerDecoderLayer")
 def opaque_module(an: Analyzer, n: fx.Node, out: Any) -> Out:

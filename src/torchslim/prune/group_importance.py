@@ -64,7 +64,7 @@ def tensors_of(ctx: Context, key: Key) -> dict[str, tuple[torch.Tensor, int]]:
     module = ctx.model.get_submodule(path)
     rule = rule_of(module)
     assert rule is not None
-    dims = rule.in_dims(module) if role == "in" else rule.out_dims(module)
+    dims = rule.dims_for(module, role)
     out: dict[str, tuple[torch.Tensor, int]] = {}
     for name, dim in dims.items():
         t = getattr(module, name, None)
@@ -154,6 +154,7 @@ def _prepare_entropy(ctx: Context) -> None:
         def hook(
             m: nn.Module, args: Any, out: Any, path: str = path, dim: int = rule.channel_dim(module)
         ) -> None:
+            out = out[0] if isinstance(out, tuple) else out  # recurrent layers: (output, state)
             x = out.detach().float().movedim(dim, -1).reshape(-1, out.shape[dim])
             sums[path].append(torch.stack([x.sum(0), x.square().sum(0), torch.full_like(x[0], len(x))]))
 
@@ -175,7 +176,8 @@ def _prepare_entropy(ctx: Context) -> None:
 def _entropy(ctx: Context, key: Key) -> torch.Tensor | None:
     if key[1] == "in" or key[0] not in ctx.activations:
         return None
-    return ctx.activations[key[0]]
+    act = ctx.activations[key[0]]
+    return act if len(act) == ctx.graph.sizes[key] else None  # a recurrent layer's gate rows: not these
 
 
 GROUP_CRITERIA.register("entropy", GroupCriterion(_entropy, _prepare_entropy))

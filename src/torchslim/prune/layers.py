@@ -50,9 +50,28 @@ class LayerRule:
     """(input, output) channels per group of a grouped conv; (0, 0) when ungrouped."""
     act_dim_of: Callable[[Any], int] | None = None
     """Per-module channel dim, where it depends on the instance (channels-first LayerNorms)."""
+    role_dims: Callable[[Any, str], dict[str, int]] | None = None
+    """Tensor name -> dim for every tensor side (role) of layers with more than `in`/`out`: a
+    recurrent layer's hidden units also index its recurrent weight's inputs (see `prune.recurrent`)."""
+    set_role: Callable[[Any, str, int], None] | None = None
+    """Size update per role, with `role_dims`."""
+    flow: Callable[..., Any] | None = None
+    """The layer's own channel-flow handler `(analyzer, node, module, out) -> Out`, where the generic
+    one (new output channels, inputs mapped to weight columns) does not describe it."""
 
     def channel_dim(self, module: Any) -> int:
         return self.act_dim_of(module) if self.act_dim_of is not None else self.act_dim
+
+    def dims_for(self, module: Any, role: str) -> dict[str, int]:
+        if self.role_dims is not None:
+            return self.role_dims(module, role)
+        return self.in_dims(module) if role == "in" else self.out_dims(module)
+
+    def set_size(self, module: Any, role: str, n: int) -> None:
+        if self.set_role is not None:
+            self.set_role(module, role, n)
+        else:
+            (self.set_in if role == "in" else self.set_out)(module, n)
 
 
 LAYERS: Registry[LayerRule] = Registry("layer rule")
@@ -81,10 +100,9 @@ def prune_module(module: nn.Module, role: str, keep: torch.Tensor) -> None:
     """Keep channels `keep` (sorted indices) of `module` on the side `role`: `out`, `in` or `both`."""
     rule = rule_of(module)
     assert rule is not None, f"no layer rule for {type(module).__name__}"
-    dims, setter = (rule.in_dims, rule.set_in) if role == "in" else (rule.out_dims, rule.set_out)
-    for name, dim in dims(module).items():
+    for name, dim in rule.dims_for(module, role).items():
         _select(module, name, dim, keep)
-    setter(module, len(keep))
+    rule.set_size(module, role, len(keep))
 
 
 def register_layer(*names: str, rule: LayerRule) -> None:

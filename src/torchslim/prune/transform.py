@@ -109,6 +109,8 @@ def replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
                 module._parameters[tensor_name] = nn.Parameter(new, requires_grad=old.requires_grad)
             else:
                 module._buffers[tensor_name] = new
+        if isinstance(module, nn.RNNBase):  # its kernel reads a list of its weights, refreshed here
+            module._init_flat_weights()
     for name, attrs in params.get("attrs", {}).items():
         module = safe.submodule(model, name, where)
         for attr, value in attrs.items():

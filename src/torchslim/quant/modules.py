@@ -235,5 +235,17 @@ HANDLERS.register("Conv1d", QuantConv)
 HANDLERS.register("Conv2d", QuantConv)
 HANDLERS.register("Embedding", QuantEmbedding)
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Embedding)
+WEIGHTED = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.Embedding,
+    nn.LSTM,
+    nn.GRU,
+    nn.LSTMCell,
+    nn.GRUCell,
+)
 """Float layer types with weights: those without a handler are reported as skipped, never ignored."""

@@ -22,7 +22,7 @@ from torchslim.config import QuantConfig
 from torchslim.data import split
 from torchslim.errors import ManifestError, UserError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
-from torchslim.quant import auto, conv1d, flow
+from torchslim.quant import auto, conv1d, flow, recurrent
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
 from torchslim.quant.primitives import WeightSpec, check_bits
@@ -50,16 +50,19 @@ class QuantResult:
         return out | ({"bits": self.bits, "sensitivity": self.sensitivity} if self.bits else {})
 
 
-def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def select_layers(
+    model: nn.Module, config: QuantConfig, with_recurrent: bool = False
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Layers to quantize and layers kept in float (excluded by glob, or of a type we cannot quantize).
 
-    Selected GPT-2 `Conv1D` layers become the nn.Linear they are first (recorded; see `conv1d`)."""
+    Selected GPT-2 `Conv1D` layers become the nn.Linear they are first (recorded; see `conv1d`).
+    Recurrent layers are chosen only `with_recurrent` (post-training integer quantization)."""
     conv1d.linearize_(model, config.include, config.exclude)
     chosen: dict[str, nn.Module] = {}
     kept: dict[str, str] = {}
     wrapped: list[str] = []
     for name, mod in model.named_modules():
-        if getattr(mod, "quantized_layer", False) or isinstance(mod, QuantModule):
+        if getattr(mod, "quantized_layer", False) or isinstance(mod, (QuantModule, recurrent.QuantRecurrent)):
             wrapped.append(name + ".")  # already quantized (or fake-quantized): leave it and its insides
             continue
         if not isinstance(mod, WEIGHTED) or any(name.startswith(w) for w in wrapped):
@@ -68,6 +71,10 @@ def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.M
             kept[name] = "excluded by glob"
         elif handler_name(mod) is None:
             kept[name] = f"{type(mod).__name__} cannot be quantized yet (skipped)"
+        elif recurrent.is_recurrent(mod) and not with_recurrent:
+            kept[name] = (
+                f"{type(mod).__name__}: recurrent layers are quantized by kind 'int' post-training only"
+            )
         elif _unsupported(mod):
             kept[name] = f"{type(mod).__name__} with {_unsupported(mod)} cannot be quantized yet (skipped)"
         else:
@@ -77,7 +84,8 @@ def select_layers(model: nn.Module, config: QuantConfig) -> tuple[dict[str, nn.M
 
 def handler_name(mod: nn.Module) -> str | None:
     """The registered float type `mod` is (pruning's parametrize makes a subclass `ParametrizedLinear`)."""
-    return next((c.__name__ for c in type(mod).__mro__ if c.__name__ in HANDLERS), None)
+    known = (HANDLERS, recurrent.RECURRENT)
+    return next((c.__name__ for c in type(mod).__mro__ if any(c.__name__ in r for r in known)), None)
 
 
 def unwrap(mod: nn.Module) -> nn.Module:
@@ -91,7 +99,7 @@ def _unsupported(mod: nn.Module) -> str | None:
         mod.padding_mode != "zeros" or isinstance(mod.padding, str)
     ):
         return "non-zero or string padding"
-    return None
+    return recurrent.unsupported(mod)
 
 
 def layer_spec(mod: nn.Module, config: QuantConfig, bits: int | None = None) -> tuple[WeightSpec, str | None]:
@@ -103,7 +111,9 @@ def layer_spec(mod: nn.Module, config: QuantConfig, bits: int | None = None) -> 
     inputs = _weight(mod)[0].numel()
     if granularity == "per_group" and inputs % group_size:
         granularity = "per_channel"
-    activations = None if isinstance(mod, nn.Embedding) else config.activations
+    activations: str | None = None if isinstance(mod, nn.Embedding) else config.activations
+    if recurrent.is_recurrent(mod):
+        activations = recurrent.activations_for(activations)
     reduce = config.reduce_range
     if reduce is None:
         reduce = activations is not None and bits == 8 and config.kind == "int"
@@ -129,13 +139,20 @@ def quantize_(
     """
     check_bits(config.bits)
     config = _overrides(config, rounding, smoothing)
-    layers, kept = select_layers(model, config)
+    layers, kept = select_layers(model, config, with_recurrent=True)
     if not layers:
         raise UserError(
-            "no quantizable layer selected (Linear, Conv1d, Conv2d, Embedding); check include/exclude"
+            "no quantizable layer selected (Linear, Conv1d, Conv2d, Embedding, LSTM, GRU and cells);"
+            " check include/exclude"
         )
+    rnn = {n: m for n, m in layers.items() if recurrent.is_recurrent(m)}
+    layers = {n: m for n, m in layers.items() if n not in rnn}
     data, first = _peek(data)
     has_data = first is not None
+    recurrent_params = _quantize_recurrent(model, config, rnn, layer_bits)  # weights only: no calibration
+    if not layers:
+        io.add_transform(model, TRANSFORM, {"layers": recurrent_params})
+        return QuantResult(quantized=recurrent_params, kept_float=kept)
     chosen: dict[str, Any] = {}
     if auto.wants_smoothing_search(config, model, has_data):
         data = list(data or [])
@@ -166,7 +183,7 @@ def quantize_(
             hessian_for=linear if needs["gptq"] else [],
             absmax_for=linear if needs["smoothing"] else [],
         )
-    result = QuantResult(kept_float=kept, chosen=chosen)
+    result = QuantResult(quantized=recurrent_params, kept_float=kept, chosen=chosen)
     for name, mod in layers.items():
         rounder = ROUNDING.get(rounders[name])
         bits = (layer_bits or {}).get(name)
@@ -179,6 +196,21 @@ def quantize_(
             result.quantized[name]["out_grid"] = nxt
     io.add_transform(model, TRANSFORM, {"layers": result.quantized})
     return result
+
+
+def _quantize_recurrent(
+    model: nn.Module,
+    config: QuantConfig,
+    rnn: dict[str, nn.Module],
+    layer_bits: dict[str, int] | None,
+) -> dict[str, dict[str, Any]]:
+    """Swap in the quantized recurrent layers (see `recurrent`); their recorded parameters."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, mod in rnn.items():
+        spec, activations = layer_spec(mod, config, (layer_bits or {}).get(name))
+        swap(model, name, mod, spec, activations)
+        out[name] = layer_params(mod, spec, activations)
+    return out
 
 
 def _search_smoothing(
@@ -271,13 +303,19 @@ def swap(
 ) -> QuantModule:
     extra = {"smooth": True} if smooth else {}
     mod = unwrap(mod)
-    qmod = HANDLERS.get(handler_name(mod) or type(mod).__name__)(mod, spec, activations, **extra)  # type: ignore[arg-type]
+    kind = handler_name(mod) or type(mod).__name__
+    if kind in recurrent.RECURRENT:
+        qmod: Any = recurrent.RECURRENT.get(kind)(mod, spec, activations)
+    else:
+        qmod = HANDLERS.get(kind)(mod, spec, activations, **extra)  # type: ignore[arg-type]
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, qmod)
     return qmod
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:
+    if recurrent.is_recurrent(mod):
+        return recurrent.first_weight(mod)
     weight = mod.weight
     assert isinstance(weight, torch.Tensor)
     return weight

@@ -108,3 +108,10 @@ def _dynamic(m: QuantModule, x: torch.Tensor, c: dict[str, Any]) -> torch.Tensor
     acc = symbolic("MatMulInteger", inputs, {}, dtype=torch.int32, shape=shape, version=10)
     y = acc.to(torch.float32) * (xs * c["w_scale"])
     return y if m.bias is None else y + m.bias
+
+
+def dequantize_linear(
+    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int = 1
+) -> torch.Tensor:
+    """An ONNX DequantizeLinear node on integer constants (recurrent layers' weight-only lowering)."""
+    return _dq(q, scale, zero, axis)
