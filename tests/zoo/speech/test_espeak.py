@@ -36,3 +36,14 @@ def test_native_rate_and_resample_keeps_a_tone() -> None:
     assert len(out) == SAMPLE_RATE
     expect = np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
     assert np.abs(out - expect).max() < 1e-3
+
+
+def test_synthesis_is_deterministic_whatever_came_before() -> None:
+    first = synthesize("four", "en+m1", rate=150)
+    for voice in ("en+f3", "en-us", "en+m1"):
+        synthesize("seven", voice, rate=200)
+    assert np.array_equal(first, synthesize("four", "en+m1", rate=150))
+
+
+def test_carried_state_is_found_in_the_symbol_table() -> None:
+    assert len(espeak._carried_state()) == len(espeak._CARRIED_STATE)

@@ -4,14 +4,17 @@ The C API is called with ctypes (no subprocess, no files): synthesis runs synchr
 callback collects the 16-bit samples in memory. eSpeak synthesises at 22050 Hz; `synthesize` resamples
 to 16 kHz with an FFT (band-limited, so no aliasing from the 11 kHz band above the new Nyquist).
 The library holds global state (voice, parameters, callback), so every call takes one process-wide lock.
-Its noise sources (fricatives, breath) draw from its own generator and from libc's `rand`: both are
-seeded before each call, so the same arguments give the same samples.
+Its noise sources draw from its own generator and from libc's `rand`, both seeded before each call; and
+its wave generator keeps a few statics across utterances (the pitch-flutter phase, the glottal cycle
+count and amplitude, the echo buffer), which `_reset_state` zeroes through the library's symbol table,
+so the same arguments give the same samples whatever was synthesised before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 import threading
 from typing import Any
 
@@ -27,6 +30,9 @@ _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _EE_OK = 0
+# wave-generator statics carried from one utterance to the next (local symbols, hence prefixes: the
+# compiler appends a number to function-level statics)
+_CARRIED_STATE = ("Flutter_ix.", "amplitude2.", "cycle_count.", "echo_buf")
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _lock = threading.Lock()
@@ -63,6 +69,46 @@ def _library() -> tuple[ctypes.CDLL, int]:
     return lib, rate
 
 
+def _elf_symbols(path: str) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) of the objects and functions in an ELF64 little-endian file's `.symtab`."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":
+        return {}
+    shoff, (shentsize, shnum) = struct.unpack_from("<Q", data, 0x28)[0], struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    out: dict[str, tuple[int, int]] = {}
+    for _, kind, _, _, offset, size, link, _, _, entsize in sections:
+        if kind != 2:  # SHT_SYMTAB
+            continue
+        strtab = sections[link][4]
+        for pos in range(offset, offset + size, entsize):
+            name_at, info, _, _, value, length = struct.unpack_from("<IBBHQQ", data, pos)
+            if info & 0xF in (1, 2):  # STT_OBJECT, STT_FUNC
+                name = data[strtab + name_at : data.index(b"\0", strtab + name_at)]
+                out[name.decode()] = (value, length)
+    return out
+
+
+@functools.cache
+def _carried_state() -> list[tuple[int, int]]:
+    """(address, size) of the statics in `_CARRIED_STATE`; empty where the library has no symbol table."""
+    import espeakng_loader
+
+    lib, _ = _library()
+    symbols = _elf_symbols(espeakng_loader.get_library_path())
+    if "espeak_Synth" not in symbols:
+        return []
+    # the load address: where an exported function is, less its offset in the file
+    base = (ctypes.cast(lib.espeak_Synth, ctypes.c_void_p).value or 0) - symbols["espeak_Synth"][0]
+    return [(base + at, size) for name, (at, size) in symbols.items() if name.startswith(_CARRIED_STATE)]
+
+
+def _reset_state() -> None:
+    for address, size in _carried_state():
+        ctypes.memset(address, 0, size)
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None)
@@ -96,6 +142,7 @@ def synthesize(
             raise UserError(f"unknown eSpeak voice {voice!r}; use a language such as 'en' or 'en-us'")
         for parameter, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range), (_VOLUME, 100)):
             lib.espeak_SetParameter(parameter, int(value), 0)
+        _reset_state()
         lib.espeak_ng_SetRandSeed(seed)
         _libc().srand(seed)
         data = text.encode()
