@@ -25,7 +25,7 @@ import torch.nn as nn
 from torchslim.zoo.classification import ClassificationTask
 from torchslim.zoo.speech import features, kws_data
 
-EPOCHS = 10
+EPOCHS = 12
 LR = 5e-3
 WEIGHT_DECAY = 1e-4
 CHUNK_MS = 1000 * features.HOP / features.SAMPLE_RATE

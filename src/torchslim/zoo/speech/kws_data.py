@@ -40,9 +40,9 @@ TRAIN_VARIANTS = (
     "pedro", "rob", "zac",
 )  # fmt: skip
 TEST_VARIANTS = ("m3", "m8", "f2", "f5", "linda", "paul", "steph", "travis")
-CLIPS_PER_WORD = 2
+CLIPS_PER_WORD = 1
 """Clips of each word per voice (each at its own rate, pitch, offset, gain and noise)."""
-NOISE_PER_VOICE = 2
+NOISE_PER_VOICE = 1
 """Silence/noise clips per voice, so the noise class is as frequent as a word."""
 
 
