@@ -21,10 +21,11 @@ TASKS.register("lenet5-digits", "torchslim.zoo.lenet:LeNetDigits")
 TASKS.register("mnist1d-cnn", "torchslim.zoo.mnist1d:Mnist1dCNN")
 TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
 TASKS.register("llama-pydocs", "torchslim.zoo.llama_pydocs:LlamaPydocs")
+TASKS.register("kws-digits", "torchslim.zoo.speech.kws:KwsDigits")
 
 _instances: dict[str, Task] = {}
 
-TRAINED_BY_CONSTANTS = ("lenet5-digits", "mnist1d-cnn")
+TRAINED_BY_CONSTANTS = ("lenet5-digits", "mnist1d-cnn", "kws-digits")
 """Built-in tasks whose module's `EPOCHS` and `LR` say how the baseline was trained: `get` copies them
 to the instance as `baseline_epochs` and `baseline_lr`, which fine-tuning defaults derive from
 (`torchslim.distill.trainer.finetune_defaults`). Set here rather than in the task classes because a
