@@ -22,6 +22,7 @@ TASKS.register("mnist1d-cnn", "torchslim.zoo.mnist1d:Mnist1dCNN")
 TASKS.register("minilm", "torchslim.zoo.minilm:MiniLM")
 TASKS.register("llama-pydocs", "torchslim.zoo.llama_pydocs:LlamaPydocs")
 TASKS.register("kws-digits", "torchslim.zoo.speech.kws:KwsDigits")
+TASKS.register("silero-vad", "torchslim.zoo.speech.vad:SileroVad")
 
 _instances: dict[str, Task] = {}
 
