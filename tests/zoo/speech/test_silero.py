@@ -62,3 +62,23 @@ def test_task_int8_agrees() -> None:
     ts.quantize_(model, ts.QuantConfig(bits=8, weights="per_channel", activations=None))
     assert task.evaluate(model) >= 0.99  # measured 0.998
     assert ts.io.saved_size(model) <= 0.3 * ts.io.saved_size(dense)
+
+
+def test_shipped_onnx_imports(speech: torch.Tensor) -> None:
+    import onnxruntime as ort
+
+    imported = silero.import_onnx_16k()
+    ours = silero.load_pretrained(silero.SileroVAD())
+    session = ort.InferenceSession(
+        str(silero.data_file(silero.ONNX_IFLESS)), providers=["CPUExecutionProvider"]
+    )
+    steps: list = []
+    silero.stream(ours, speech, inputs=steps)
+    for x, h, c in steps[8:14]:  # speech, with the states streaming reaches
+        state = torch.stack([h, c])
+        prob, new_state = imported(x, state)
+        feeds = {"input": x.numpy(), "state": state.numpy(), "sr": np.array(16000, np.int64)}
+        ref_prob, ref_state = session.run(None, feeds)
+        np.testing.assert_allclose(prob.detach().numpy(), ref_prob, atol=1e-5)
+        np.testing.assert_allclose(new_state.detach().numpy(), ref_state, atol=1e-5)
+        assert torch.allclose(prob, ours(x, h, c)[0], atol=1e-5)

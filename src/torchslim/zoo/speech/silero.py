@@ -127,3 +127,35 @@ def reference_stream(audio: torch.Tensor) -> torch.Tensor:
     ]
     jit.reset_states()
     return torch.stack(out, dim=1)
+
+
+ONNX_IFLESS = "silero_vad_op18_ifless.onnx"
+
+
+def onnx_16k(file: str = ONNX_IFLESS) -> Any:
+    """The shipped ONNX model's 16 kHz graph: its one `If` (on `sr == 16000`) replaced by its then-branch,
+    `sr` dropped. The importer converts no control flow; this file's branch is plain operators."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(data_file(file)))
+    (cond,) = [n for n in model.graph.node if n.op_type == "If"]
+    branch = next(a.g for a in cond.attribute if a.name == "then_branch")
+    renames = [
+        helper.make_node("Identity", [b.name], [o]) for b, o in zip(branch.output, cond.output, strict=True)
+    ]
+    graph = helper.make_graph(
+        [*branch.node, *renames],
+        "silero_vad_16k",
+        [i for i in model.graph.input if i.name != "sr"],
+        list(model.graph.output),
+        [*model.graph.initializer, *branch.initializer],
+    )
+    return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def import_onnx_16k() -> nn.Module:
+    """The shipped ONNX model through our ONNX importer: `module(input [B, 576], state [2, B, 128])`."""
+    from torchslim.interop.onnx_import import convert
+
+    return convert(onnx_16k(), source=ONNX_IFLESS)
