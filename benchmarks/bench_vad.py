@@ -32,7 +32,7 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "silero-vad-int8.y
 COLUMNS = [
     "model",
     "agreement",
-    "mean |dp|",
+    "mean abs diff",
     "ROC-AUC",
     "size KB",
     "size x",
