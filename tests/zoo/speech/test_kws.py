@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from torchslim import zoo
+from torchslim.io import load, record_of, write
 from torchslim.metrics import count_macs
 from torchslim.zoo.speech.kws import DSCNN, KwsDigits, shift_frames
 
@@ -26,10 +29,14 @@ def test_dscnn_is_mlperf_tiny_sized() -> None:
     assert half.stem[0].out_channels == 32 and half(x).shape == (1, 11)
 
 
-def test_registered_and_build_tags_width() -> None:
+def test_registered_and_build_tags_width(tmp_path: Path) -> None:
     task = zoo.get("kws-digits")
     assert isinstance(task, KwsDigits) and task.chunk_ms == 32.0
-    assert task.build(width=0.25).fc.in_features == 16
+    model = task.build(width=0.25)
+    assert model.fc.in_features == 16
+    loaded = load(write(model, tmp_path / "m"))
+    assert record_of(loaded).source == {"kind": "zoo", "name": "kws-digits", "kwargs": {"width": 0.25}}
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_shift_moves_frames_and_repeats_the_edge() -> None:
