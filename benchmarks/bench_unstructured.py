@@ -21,6 +21,7 @@ import torchslim as ts
 from benchmarks.harness import Table, benchmark
 from torchslim import io
 from torchslim.data import call
+from torchslim.distill.stages import DEFAULT_VALIDATION, ValidationSpec
 from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics.latency import threads
 from torchslim.prune import GradualPruner
@@ -31,6 +32,13 @@ from torchslim.zoo.base import Task
 class Finetune:
     epochs: int
     lr: float
+    validation: ValidationSpec | None = None
+    """The `finetune` stage's default (`DEFAULT_VALIDATION`) in the rows that show what defaults give."""
+
+
+def _default(task: Task) -> Finetune:
+    """The `finetune` stage with every field at its default."""
+    return Finetune(*finetune_defaults(task), validation=DEFAULT_VALIDATION)
 
 
 # lenet5-digits: 3 of the baseline's 12 epochs; mnist1d-cnn: half its baseline's 20, at the baseline's lr
@@ -97,14 +105,20 @@ def _finetune(
     model: nn.Module, task: Task, callbacks: list[Any], ft: Finetune | None = None, seed: int = 0
 ) -> None:
     ft = ft or FINETUNE[task.name]
+    val = ft.validation
+    holdout = val.holdout if val else 0.0
+    split = {"holdout": holdout} if holdout else {}
     fit(
         model,
-        lambda epoch: task.train_loader(seed=100 * (seed + 1) + epoch),
+        lambda epoch: task.train_loader(seed=100 * (seed + 1) + epoch, **split),
         lambda m, x, y: task.loss(call(m, x), y),
         epochs=ft.epochs,
         lr=ft.lr,
         seed=seed,
         callbacks=callbacks,
+        evaluate=(lambda m: task.validate(m, holdout)) if val else None,
+        keep_best=bool(val and val.keep_best),
+        keep_start=bool(val and val.keep_start),
     )
 
 
@@ -128,7 +142,7 @@ def _run(
 def _default_finetune(label: str, task: Task) -> Finetune | None:
     """The default fine-tune for the rows that show what defaults give; the benchmark's own otherwise."""
     shows_defaults = label in FIRST.values() or label in OLD_DEFAULTS.values()
-    return Finetune(*finetune_defaults(task)) if shows_defaults else None
+    return _default(task) if shows_defaults else None
 
 
 LIMITS = {
@@ -243,7 +257,10 @@ def _defaults_text(tasks: tuple[str, ...]) -> str:
     parts = []
     for name in tasks:
         epochs, lr = finetune_defaults(ts.zoo.get(name))
-        parts.append(f"{name}: {epochs} epochs at lr {lr:g}")
+        holdout = DEFAULT_VALIDATION.holdout
+        parts.append(
+            f"{name}: {epochs} epochs at lr {lr:g}, best of start and epochs on {holdout:g} held out"
+        )
     return "; ".join(parts)
 
 
@@ -272,8 +289,8 @@ def run_first(quick: bool) -> Table:
 
 
 def _first_rows(task: Task) -> list[list[Any]]:
-    default_ft = Finetune(*finetune_defaults(task))
-    same = FINETUNE[task.name] == default_ft
+    default_ft = _default(task)
+    same = False  # the default fine-tune validates on held-out training data; the tuned rows do not
     methods: dict[str, tuple[Method, Finetune | None]] = {
         **{FIRST[c]: (_ours(importance=c), default_ft) for c in FIRST},
         **{

@@ -82,3 +82,26 @@ def test_the_final_model_of_a_pruning_run_has_no_masks_left(tmp_path: Path) -> N
     assert zeros >= 0.45  # the zeros stay: folded into the weights
     same_runtime = report["speedup_same_runtime"]
     assert same_runtime == report["speedup"]  # both timed in eager PyTorch
+
+
+def test_a_default_codebook_run_deploys_float_compute_when_the_lookup_costs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchslim.quant.codebook import CodebookModule
+
+    def latency(entries: Sequence[tuple[Any, str]], example_inputs: Any, **kwargs: Any) -> list[float]:
+        def looks_up(model: nn.Module) -> bool:
+            return any(isinstance(m, CodebookModule) and m.compute != "float" for m in model.modules())
+
+        return [1.3 if looks_up(model) else 1.0 for model, _ in entries]  # the lookup's cost, fixed
+
+    monkeypatch.setattr(deploy, "default_timer", latency)
+    monkeypatch.setattr(pipeline, "paired_latency", latency)
+    recipe = {"model": "zoo:tiny-digits", "stages": [{"quantize": {"bits": 4, "kind": "codebook"}}]}
+    report = ts.run_recipe(recipe, tmp_path / "run")
+    final = report["stages"][-1]
+    assert final["deployed_form"] == "float compute"
+    assert report["speedup_same_runtime"] >= 1 and report["compression_ratio"] > 3  # 4-bit indices stored
+    loaded = ts.load(tmp_path / "run" / "model")
+    layers = [m for m in loaded.modules() if isinstance(m, CodebookModule)]
+    assert layers and all(m.compute == "float" for m in layers)

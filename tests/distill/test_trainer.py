@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from torchslim.distill.trainer import fit, warmup_cosine
 
@@ -127,3 +129,29 @@ def test_finetune_stage_leaves_epochs_and_lr_to_the_defaults() -> None:
     spec = FinetuneSpec.model_validate({})
     assert spec.epochs is None and spec.lr is None
     assert FinetuneSpec.model_validate({"epochs": 2, "lr": 0.01}).lr == 0.01
+
+
+def test_keep_start_restores_the_start_when_training_only_lowers_the_metric() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    model = nn.Linear(4, 2)
+    batches = [(x, y)]
+    fit(model, lambda e: batches, lambda m, a, b: F.cross_entropy(m(a), b), epochs=30, lr=0.1)
+
+    def accuracy(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    trained = accuracy(model)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    wrong = [(x, 1 - y)]  # training on flipped labels can only lower the accuracy
+    loss = lambda m, a, b: F.cross_entropy(m(a), b)  # noqa: E731
+    history = fit(
+        model, lambda e: wrong, loss, epochs=3, lr=0.1, evaluate=accuracy, keep_best=True, keep_start=True
+    )
+    assert trained > 0.9 and history[0]["start_metric"] == trained
+    assert max(r["metric"] for r in history) < trained
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    fit(model, lambda e: wrong, loss, epochs=3, lr=0.1, evaluate=accuracy, keep_best=True)
+    assert accuracy(model) < trained  # without keep_start the best epoch wins, lower than the start

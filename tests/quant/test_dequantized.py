@@ -86,3 +86,27 @@ def test_a_record_naming_a_float_layer_is_refused(tmp_path: Path) -> None:
     ts.save(model, tmp_path / "m")
     with pytest.raises(ManifestError, match="not a quantized layer"):
         ts.load(tmp_path / "m", trust_code=True)
+
+
+def test_codebook_float_form_uses_the_looked_up_weight_even_with_gradients(tmp_path: Path) -> None:
+    from torchslim.quant.codebook import CodebookModule
+
+    model, x = net(), torch.randn(5, 2, 16)
+    ts.quantize_(model, ts.QuantConfig(bits=4, kind="codebook"))
+    fc = model[3]
+    assert isinstance(fc, CodebookModule) and has_quantized_layers(model)
+    looked_up = model(x)
+    assert float_compute_(model) == ["0", "3"] and not has_quantized_layers(model)
+    assert fc.float_weight is not None and torch.equal(fc.float_weight, fc.weight)
+    model.train()  # the codebook form looks weights up in training; the float form never does
+    out = model(x)
+    assert out.grad_fn is not None and fc.centroids.grad is None
+    out.sum().backward()
+    assert fc.centroids.grad is None  # the float weight is a plain tensor: no lookup in the graph
+    torch.testing.assert_close(out, looked_up)
+    model.eval()
+    ts.save(model, tmp_path / "m")
+    loaded = ts.load(tmp_path / "m", trust_code=True)
+    assert all(m.compute == "float" for m in loaded.modules() if isinstance(m, CodebookModule))
+    assert loaded[3].packed.dtype == torch.uint8  # the indices are what is stored
+    torch.testing.assert_close(loaded(x), looked_up)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchslim.config import DistillConfig
 from torchslim.data import call, forward, split
 from torchslim.distill.attention import AttentionCapture, AttentionMap
+from torchslim.distill.init import default_lr, init_from_teacher
 from torchslim.distill.losses import SOFT_LOSSES, Projection, attention_kl, mixed_loss
 from torchslim.distill.trainer import Progress, _no_progress, fit
 from torchslim.errors import UserError
@@ -150,8 +151,12 @@ def distill(
     checkpoint: Path | None = None,
     progress: Progress = _no_progress,
     higher_is_better: bool = True,
+    notes: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train `student` in place from `teacher`; returns the per-epoch history.
+
+    Where the student starts is `config.init` (`torchslim.distill.init`); `notes`, when given, gets
+    `init`: what was done and why.
 
     `evaluate(student)` is recorded each epoch; with it, `keep_best` restores the best epoch's weights
     and `patience` stops after that many epochs without improvement (see `fit`; `higher_is_better`
@@ -166,6 +171,7 @@ def distill(
     loader = train_loader if callable(train_loader) else (lambda epoch: train_loader)
     pairs, att_pairs = _pairs(config.features), _pairs(config.attention, "attention")
     teacher.eval()
+    first = next(iter(loader(0)))
     with ExitStack() as hooks:
         s_cap = hooks.enter_context(closing(_Capture(student, [s for s, _ in pairs], "student")))
         t_cap = hooks.enter_context(closing(_Capture(teacher, [t for _, t in pairs], "teacher")))
@@ -173,8 +179,12 @@ def distill(
         t_att = hooks.enter_context(closing(_attention(teacher, [t for _, t in att_pairs], "teacher")))
         hooks.callback(student.eval)
         wrapper = _Student(student, s_cap, s_att)
-        _check_and_build(wrapper, teacher, next(iter(loader(0))), pairs, s_cap, t_cap)
+        _check_and_build(wrapper, teacher, first, pairs, s_cap, t_cap)
         _check_attention(att_pairs, s_att, t_att)
+        mode = "student" if config.init == "auto" and config.alpha == 0 else config.init  # plain training
+        start = init_from_teacher(student, teacher, split(first)[0], soft, config.temperature, mode)
+        if notes is not None:
+            notes["init"] = start
 
         def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
             with torch.no_grad():
@@ -193,7 +203,7 @@ def distill(
             loader,
             loss_fn,
             epochs=config.epochs,
-            lr=config.lr,
+            lr=config.lr if config.lr is not None else default_lr(student),
             warmup=config.warmup,
             seed=config.seed,
             callbacks=[_ForStudent(cb, student) for cb in callbacks],

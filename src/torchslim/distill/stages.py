@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -27,11 +27,29 @@ class ValidationSpec(BaseModel):
     """Restore the weights of the best epoch at the end."""
     patience: int | None = Field(None, ge=1)
     """Stop after this many epochs without improvement (null: train every epoch)."""
+    keep_start: bool = True
+    """The weights before training compete for best (with `keep_best`): the stage never ends below
+    where it started on the held-out part."""
 
 
-def _training(ctx: Any, spec: Any) -> dict[str, Any]:
+DEFAULT_VALIDATION = ValidationSpec()
+"""What a `finetune` stage without a `validation` block uses, on tasks that have a validation split:
+lenet5-digits' converged baseline through the default 3-epoch fine-tune lost 0.66 points (mean of 5
+data orders) without it and none with it; 90% unstructured then the fine-tune: 0.9878 -> 0.9917."""
+
+
+def _validation(task: Any, spec: Any) -> ValidationSpec | None:
+    """`finetune`'s `validation`: null is the default block where the task has a validation split
+    (a user's task without one trains as before), false turns it off."""
+    if spec.validation is None:
+        return DEFAULT_VALIDATION if type(task).validate is not Task.validate else None
+    return spec.validation or None
+
+
+def _training(ctx: Any, spec: Any, validation: ValidationSpec | None = None) -> dict[str, Any]:
     """The loader and validation arguments shared by the training stages."""
-    task, holdout = ctx.task, spec.validation.holdout if spec.validation else 0.0
+    validation = validation or spec.validation
+    task, holdout = ctx.task, validation.holdout if validation else 0.0
     if holdout and type(task).validate is Task.validate:
         task.validate(ctx.model, holdout)  # the task's own clear error, before any training
     split = {"holdout": holdout} if holdout else {}  # a user's task need not know the argument
@@ -39,13 +57,14 @@ def _training(ctx: Any, spec: Any) -> dict[str, Any]:
     def loader(epoch: int) -> Any:
         return task.train_loader(batch_size=spec.batch_size, seed=ctx.seed + epoch, **split)
 
-    if spec.validation is None:
+    if validation is None:
         return {"loader": loader}
     return {
         "loader": loader,
         "evaluate": lambda model: task.validate(model, holdout),
-        "keep_best": spec.validation.keep_best,
-        "patience": spec.validation.patience,
+        "keep_best": validation.keep_best,
+        "keep_start": validation.keep_start,
+        "patience": validation.patience,
         "higher_is_better": getattr(task, "higher_is_better", True),
     }
 
@@ -61,8 +80,9 @@ class FinetuneSpec(StageSpec):
     """Training batch size; the task's default when null."""
     regularize: RegularizeSpec = RegularizeSpec()
     """Sparsity-inducing penalties added to the loss."""
-    validation: ValidationSpec | None = None
-    """Per-epoch validation on held-out training data, best epoch kept, optional early stopping."""
+    validation: ValidationSpec | Literal[False] | None = None
+    """Per-epoch validation on held-out training data, best epoch (or the start) kept, optional early
+    stopping; null: `DEFAULT_VALIDATION` where the task has a validation split; false: none."""
 
 
 @register_stage("finetune", FinetuneSpec)
@@ -77,7 +97,7 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         *ctx.callbacks,
         *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []),
     ]
-    training = _training(ctx, spec)
+    training = _training(ctx, spec, _validation(task, spec))
     epochs, lr = finetune_defaults(task)
     history = fit(
         ctx.model,
@@ -137,6 +157,7 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
     task = ctx.task
     regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []
     training = _training(ctx, spec)
+    notes: dict[str, Any] = {}
     history = distill(
         ctx.model,
         teacher,
@@ -148,8 +169,9 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         callbacks=[*ctx.callbacks, *regularizer],
         checkpoint=ctx.train_checkpoint,
         progress=ctx.progress,
+        notes=notes,
     )
-    ctx.note(history=history)
+    ctx.note(**notes, history=history)
 
 
 def _lr(task: Any, lr: float | None) -> float:

@@ -79,13 +79,16 @@ def fit(
     progress: Progress = _no_progress,
     seed: int = 0,
     higher_is_better: bool = True,
+    keep_start: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
 
     The learning rate rises linearly over the first `warmup` fraction of the steps, then decays to
     zero on a cosine. With `evaluate`, the metric is recorded each epoch; `keep_best` restores the
     weights of the best epoch at the end (the lowest metric when not `higher_is_better`: an error or a
-    perplexity), and `patience` stops after that many epochs without improvement. With `checkpoint`,
+    perplexity), and `patience` stops after that many epochs without improvement; `keep_start` lets the
+    weights before training compete too (epoch 0: a fine-tune can then never end below where it
+    started; the start's metric is the history's first record's `start_metric`). With `checkpoint`,
     the state is saved there after every epoch and a run finding one resumes from it.
     Under torchrun the model trains data-parallel (see `torchslim.distill.distributed`).
     """
@@ -105,6 +108,15 @@ def fit(
     if scored:
         top = (max if higher_is_better else min)(scored, key=lambda r: r["metric"])
         best.metric, best.epoch, best.state = top["metric"], int(top["epoch"]) - 1, done["best"]
+    start_metric = None
+    if (
+        keep_start
+        and evaluate is not None
+        and start == 0
+        and all(getattr(cb, "done", True) for cb in callbacks)
+    ):
+        start_metric = evaluate(model)
+        best.offer(model, start_metric, -1)
     trained = wrap(model)
     advance = progress("training", total)
     advance(step)
@@ -125,6 +137,8 @@ def fit(
             if getattr(cb, "after_epoch", None) is not None:
                 cb.after_epoch(model, epoch)
         record = {"epoch": float(epoch + 1), "loss": running / max(seen, 1)}
+        if start_metric is not None and epoch == 0:
+            record["start_metric"] = start_metric
         history.append(record)
         # an epoch competes for best only once schedules (gradual pruning) have finished: restoring
         # or stopping at an earlier one would undo their work

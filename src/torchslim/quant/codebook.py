@@ -99,6 +99,10 @@ class CodebookModule(nn.Module):
         )  # 0 at the fixed zero centroid: no value, no grad
         self.register_buffer("index", torch.zeros(self.weight_shape, dtype=torch.int64), persistent=False)
         self.export_constants: dict[str, torch.Tensor] = {}
+        self.compute = "codebook"
+        """`float` (the deployed float-compute form): the looked-up weight is kept as a plain tensor and
+        every forward uses it, in training or with gradients too (`torchslim.quant.dequantized`)."""
+        self.float_weight: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(lambda mod, keys: mod._unpack())
 
     def set_codebook(self, centroids: torch.Tensor, index: torch.Tensor) -> None:
@@ -111,6 +115,15 @@ class CodebookModule(nn.Module):
     def _unpack(self) -> None:
         self.index = unpack(self.packed, self.bits, 0, self.weight_shape).to(torch.int64)
         self.export_constants = {}
+        self.float_weight = self.weight.detach().clone() if self.compute == "float" else None
+
+    def set_compute(self, compute: str) -> None:
+        """`codebook`: weights looked up from the centroids; `float`: looked up once, then a float op."""
+        if compute not in ("codebook", "float"):
+            raise ValueError(f"compute must be codebook or float, got {compute!r}")
+        self.compute = compute
+        self._unpack()
+        self.train(self.training)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -127,6 +140,8 @@ class CodebookModule(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_weight is not None:
+            return self.geometry(x, self.float_weight, self.bias)
         cached = self.export_constants.get("weight")
         if cached is not None and (torch.onnx.is_in_onnx_export() or not torch.is_grad_enabled()):
             # eval-mode inference: the looked-up weight is a constant (the lookup each call made the

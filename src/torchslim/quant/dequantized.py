@@ -18,17 +18,26 @@ from pydantic import Field
 from torchslim import io, safe
 from torchslim.errors import ManifestError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Strict
+from torchslim.quant.codebook import CodebookModule
 from torchslim.quant.modules import QuantModule
 
 TRANSFORM = "dequantize"
+LAYERS = (QuantModule, CodebookModule)
+"""Integer-grid layers and codebook (weight-sharing) layers: both store compact weights and can
+compute with the float weight they stand for."""
+
+
+def _switchable(module: nn.Module) -> bool:
+    return isinstance(module, LAYERS) and module.compute != "float"
 
 
 def float_compute_(model: nn.Module) -> list[str]:
-    """Switch every quantized layer of `model` to float compute, in place; returns their names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantModule) and m.compute != "float"]
+    """Switch every quantized or codebook layer of `model` to float compute, in place; returns their
+    names. A codebook layer's float form skips the centroid lookup of training and gradient mode."""
+    names = [n for n, m in model.named_modules() if _switchable(m)]
     for name in names:
         layer = model.get_submodule(name)
-        assert isinstance(layer, QuantModule)
+        assert isinstance(layer, LAYERS)
         layer.set_compute("float")
     if names:
         io.add_transform(model, TRANSFORM, {"layers": names})
@@ -43,7 +52,7 @@ def float_compute(model: nn.Module) -> nn.Module:
 
 
 def has_quantized_layers(model: nn.Module) -> bool:
-    return any(isinstance(m, QuantModule) and m.compute != "float" for m in model.modules())
+    return any(_switchable(m) for m in model.modules())
 
 
 @TRANSFORM_PARAMS.register(TRANSFORM)
@@ -55,7 +64,7 @@ class DequantizeParams(Strict):
 def _replay(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     for name in params["layers"]:
         layer = safe.submodule(model, name, TRANSFORM)
-        if not isinstance(layer, QuantModule):
-            raise ManifestError(f"{TRANSFORM}: layer {name!r} is not a quantized layer")
-        layer.compute = "float"  # the weight is dequantized when the integers load (refresh)
+        if not isinstance(layer, LAYERS):
+            raise ManifestError(f"{TRANSFORM}: layer {name!r} is not a quantized layer (integer or codebook)")
+        layer.compute = "float"  # the weight is dequantized when the integers load (refresh, _unpack)
     return model
