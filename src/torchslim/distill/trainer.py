@@ -105,6 +105,8 @@ def fit(
         start, step, history = done["epoch"] + 1, done["step"], done["history"]
     best = _Best(higher_is_better)
     scored = [r for r in history if "metric" in r and r.get("competes", 1.0)]
+    if history and "start_metric" in history[0]:  # the start competed as epoch 0
+        scored.insert(0, {"epoch": 0.0, "metric": history[0]["start_metric"]})
     if scored:
         top = (max if higher_is_better else min)(scored, key=lambda r: r["metric"])
         best.metric, best.epoch, best.state = top["metric"], int(top["epoch"]) - 1, done["best"]
