@@ -195,6 +195,10 @@ class ChannelConfig(BaseConfig):
         )
 
 
+METHODS = ("auto", "rtn", "gptq", "awq", "awq+gptq")
+"""`QuantConfig.method` values (weight rounding)."""
+
+
 @register_config
 @dataclass(frozen=True)
 class QuantConfig(BaseConfig):
@@ -232,11 +236,13 @@ class QuantConfig(BaseConfig):
     """8-bit weights on half the grid ([-63, 63]), as onnxruntime's `reduce_range`: x86 integer kernels
     without VNNI sum pairs of u8*s8 products in int16 and saturate on the full grid. None: on whenever
     activations are quantized (the model runs on integer kernels), off for weight-only."""
-    method: Literal["auto", "rtn", "gptq"] = "auto"
-    """Weight rounding (kind int): `rtn` rounds to nearest; `gptq` spreads each column's rounding error over
-    the columns not yet rounded (Linear layers; needs calibration data); `auto`: gptq for layers of 4 bits
-    or fewer when calibration data is given (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930),
-    else rtn."""
+    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq"] = "auto"
+    """Weight rounding (kind int). `rtn`: round to nearest. `gptq`: each column's rounding error spread over
+    the columns not yet rounded, weighted by the inputs' Hessian (Linear layers; needs calibration data).
+    `awq`: activation-aware per-input-channel scales `act^a / w^(1-a)`, `a` searched per layer (per group
+    of layers reading one input) for the least output error, then rtn on the scaled weights; `awq+gptq`:
+    the same scales, then gptq. `auto`: gptq for layers of 4 bits or fewer when calibration data is given
+    (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930 for rtn), else rtn."""
     smoothing: float | Literal["auto"] = "auto"
     """SmoothQuant alpha for Linear layers (0: off): activation outliers divided out per input channel and
     folded into the weights; needs calibration data. `auto`: with dynamic activations and calibration data,
@@ -277,10 +283,10 @@ class QuantConfig(BaseConfig):
         )
         _check(self.group_size is None or self.group_size >= 1, "QuantConfig", "group_size", "must be >= 1")
         _check(
-            self.method in ("auto", "rtn", "gptq"),
+            self.method in METHODS,
             "QuantConfig",
             "method",
-            f"must be auto|rtn|gptq, got {self.method!r}",
+            f"must be {'|'.join(METHODS)}, got {self.method!r}",
         )
         _check(
             self.smoothing == "auto"
@@ -288,6 +294,12 @@ class QuantConfig(BaseConfig):
             "QuantConfig",
             "smoothing",
             f"must be auto or an alpha in [0, 1], got {self.smoothing!r}",
+        )
+        _check(
+            not (self.method.startswith("awq") and self.smoothing not in ("auto", 0, 0.0)),
+            "QuantConfig",
+            "smoothing",
+            f"AWQ chooses its own input scales; leave smoothing at auto or 0 with method {self.method}",
         )
 
 

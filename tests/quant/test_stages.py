@@ -52,7 +52,11 @@ def test_stage_defaults_are_auto_and_rounding_is_the_old_name_of_method() -> Non
     assert spec.needs_data()  # type: ignore[attr-defined]  # 4 bits: GPTQ wants calibration data
     assert not _spec({"bits": 8}).needs_data()  # type: ignore[attr-defined]  # weight-only int8: none needed
     assert _spec({"bits": 8, "activations": "dynamic"}).needs_data()  # type: ignore[attr-defined]
-    assert _spec({"bits": 4, "rounding": "nearest"}).config().method == "rtn"  # type: ignore[attr-defined]
+    with pytest.warns(DeprecationWarning, match="rounding is deprecated"):
+        assert _spec({"bits": 4, "rounding": "nearest"}).config().method == "rtn"  # type: ignore[attr-defined]
+    with pytest.raises(UserError, match="give only method"):
+        _spec({"bits": 4, "rounding": "gptq", "method": "awq"})
+    assert _spec({"bits": 4, "method": "awq"}).config().method == "awq"  # type: ignore[attr-defined]
     assert _spec({"smoothing": 0.7}).config().smoothing == 0.7  # type: ignore[attr-defined]
     with pytest.raises(UserError, match="smoothing"):
         _spec({"smoothing": 1.5})

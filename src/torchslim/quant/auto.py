@@ -2,6 +2,8 @@
 
 - `method="auto"`: GPTQ for Linear layers of 4 bits or fewer when calibration data is given (at 4 bits
   round-to-nearest loses far more: MiniLM per_group g128 cosine 0.930 against 0.965), else round to nearest.
+  AWQ is never the automatic choice: GPTQ already compensates what AWQ's scales protect, and the two
+  combined (`awq+gptq`) is offered for models where measurement shows it pays.
 - `symmetric=None`, `group_size=None`: groups of 64 at 4 bits and below (128 above); asymmetric grids
   at 3 bits and below, and for Linear and Embedding layers at 4 (`symmetric_for`).
 - `smoothing="auto"`: dynamic int8 of Linear layers is tried with each SmoothQuant alpha of
@@ -53,15 +55,23 @@ SMOOTHING_CHOICES = (0.0, 0.5, 0.7)
 
 
 def rounding_for(config: QuantConfig, bits: int, has_data: bool) -> str:
-    """The rounding registered in `torchslim.quant.rounding.ROUNDING` for a layer of `bits` width."""
-    if config.method == "gptq" or (config.method == "auto" and has_data and bits <= GPTQ_MAX_BITS):
+    """The rounding registered in `torchslim.quant.rounding.ROUNDING` for a layer of `bits` width
+    (AWQ's scales are searched first, then `awq` rounds to nearest and `awq+gptq` with GPTQ)."""
+    if config.method in ("gptq", "awq+gptq"):
+        return "gptq"
+    if config.method == "auto" and has_data and bits <= GPTQ_MAX_BITS:
         return "gptq"
     return "nearest"
+
+
+def uses_awq(config: QuantConfig) -> bool:
+    return config.method in ("awq", "awq+gptq")
 
 
 def wants_smoothing_search(config: QuantConfig, model: nn.Module, has_data: bool) -> bool:
     return (
         config.smoothing == "auto"
+        and not uses_awq(config)
         and config.activations == "dynamic"
         and has_data
         and any(isinstance(m, nn.Linear) for m in model.modules())

@@ -14,6 +14,7 @@ kernels that pay, the deployed layer then costs what the float layer cost.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,26 @@ from torchslim.registry import Registry
 ACT_BITS = 8  # activations are always uint8 asymmetric: what integer CPU kernels (u8s8) expect
 ACT_QMIN, ACT_QMAX = 0, 2**ACT_BITS - 1
 COMPUTES = ("int", "float")
+
+
+@dataclass(frozen=True)
+class QuantizedValues:
+    """A quantized layer's weight as stored: `weight[r, c] ~ (values[r, c] - zero[r, g]) * scale[r, g]`
+    with `g = c // group_size` (per_tensor: one row of scales, broadcast), divided by `input_scale[c]`
+    when the layer has one (SmoothQuant/AWQ scales not folded elsewhere: inputs are divided by it)."""
+
+    values: torch.Tensor
+    """int32 `[rows, cols]` (a Linear's `[out, in]`; convolutions flattened), in `[qmin, qmax]`."""
+    scale: torch.Tensor
+    """float32 `[rows or 1, groups]`."""
+    zero: torch.Tensor | None
+    """int32 like `scale` (asymmetric grids, unsigned values), None for symmetric (signed) grids."""
+    group_size: int
+    """Columns per scale (`cols` when per channel or per tensor)."""
+    bits: int
+    qmin: int
+    qmax: int
+    input_scale: torch.Tensor | None
 
 
 class QuantModule(nn.Module):
@@ -116,6 +137,25 @@ class QuantModule(nn.Module):
 
     def int_weight(self) -> torch.Tensor:
         return unpack(self.qweight, self.spec.bits, self.spec.qmin, self.weight_shape)
+
+    def quantized_values(self) -> QuantizedValues:
+        """The stored grid, unpacked, for writers of other formats (compressed-tensors, GGUF)."""
+        rows = self.weight_shape[0]
+        cols = self.weight_shape[1:].numel()
+        scale = self.w_scale.reshape(self.w_scale.shape[0], -1)
+        zero = self.w_zero.reshape(scale.shape).to(torch.int32) if not self.spec.symmetric else None
+        whole = {"per_tensor": cols, "per_channel": cols}  # one scale per row (or one in all)
+        group = whole.get(self.spec.granularity, self.spec.group_size)
+        return QuantizedValues(
+            values=self.int_weight().reshape(rows, cols),
+            scale=scale,
+            zero=zero,
+            group_size=min(group, cols),
+            bits=self.spec.bits,
+            qmin=self.spec.qmin,
+            qmax=self.spec.qmax,
+            input_scale=self.smooth if hasattr(self, "smooth") else None,
+        )
 
     @property
     def weight(self) -> torch.Tensor:

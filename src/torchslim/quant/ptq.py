@@ -9,6 +9,7 @@ they follow and give each layer boundary one grid (see `flow`), so onnxruntime f
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from torchslim.config import QuantConfig
 from torchslim.data import split
 from torchslim.errors import ManifestError, UserError
 from torchslim.manifest import TRANSFORM_PARAMS, ModulePath, Name, Strict
-from torchslim.quant import auto, conv1d, flow, recurrent
+from torchslim.quant import auto, awq, conv1d, flow, recurrent
 from torchslim.quant.calibrate import Calibration, calibrate
 from torchslim.quant.modules import HANDLERS, WEIGHTED, QuantModule
 from torchslim.quant.primitives import WeightSpec, check_bits
@@ -30,6 +31,8 @@ from torchslim.quant.rounding import ROUNDING
 from torchslim.targeting import is_selected
 
 TRANSFORM = "quantize"
+AWQ = -1.0
+"""`_quantize_layer`'s alpha for "search AWQ scales" (SmoothQuant alphas are in [0, 1])."""
 
 
 @dataclass
@@ -161,11 +164,12 @@ def quantize_(
     bits_of = {n: (layer_bits or {}).get(n) or config.bits for n in layers}
     rounders = {n: auto.rounding_for(config, bits_of[n], has_data) for n in layers}
     linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+    awq = auto.uses_awq(config)
     needs = {"static activations": config.activations == "static", "gptq": config.method == "gptq"}
-    needs["smoothing"] = smoothing > 0
+    needs["awq"], needs["smoothing"] = awq, smoothing > 0
     if any(needs.values()) and not has_data:
         raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
-    needs["gptq"] = any(rounders[n] == "gptq" for n in linear)
+    needs["gptq"] = any(rounders[n] == "gptq" for n in linear) or awq
     chosen["linear_rounding"] = {
         r: sum(rounders[n] == r for n in linear) for r in sorted({rounders[n] for n in linear})
     }
@@ -187,7 +191,8 @@ def quantize_(
     for name, mod in layers.items():
         rounder = ROUNDING.get(rounders[name])
         bits = (layer_bits or {}).get(name)
-        result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, smoothing, bits)
+        alpha = smoothing if not awq else AWQ if isinstance(mod, nn.Linear) else 0.0
+        result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, alpha, bits)
         if name in folded:
             result.quantized[name]["folded_bn"] = folded[name]
     if static:
@@ -233,9 +238,14 @@ def _search_smoothing(
 def _overrides(config: QuantConfig, rounding: str | None, smoothing: float | str | None) -> QuantConfig:
     """`rounding=` (the old name of `QuantConfig.method`) and `smoothing=` keyword overrides."""
     if rounding is not None:
+        warnings.warn(
+            "rounding= is deprecated: use QuantConfig(method=...)", DeprecationWarning, stacklevel=3
+        )
         methods = {"nearest": "rtn", "rtn": "rtn", "gptq": "gptq", "auto": "auto"}
         if rounding not in methods:
             raise UserError(f"rounding: must be nearest|gptq (now QuantConfig.method), got {rounding!r}")
+        if config.method not in ("auto", methods[rounding]):
+            raise UserError(f"rounding={rounding!r} and method={config.method!r}: give only method")
         config = config.replace(method=methods[rounding])
     return config if smoothing is None else config.replace(smoothing=smoothing)
 
@@ -275,11 +285,15 @@ def _quantize_layer(
     spec, activations = layer_spec(mod, config, bits)
     weight, hessian = _weight(mod).detach(), cal.hessians.get(name)
     smooth = cal.absmax.get(name) if alpha > 0 else None
-    qmod = swap(model, name, mod, spec, activations, smooth is not None)
-    if smooth is not None:
+    s: torch.Tensor | None = None
+    if alpha == AWQ:
+        s = awq.search_scales([weight], hessian, spec)[0] if hessian is not None else None
+    elif smooth is not None:
         s = (smooth.clamp_min(1e-5) ** alpha / weight.abs().amax(0).clamp_min(1e-5) ** (1 - alpha)).clamp_min(
             1e-5
         )
+    qmod = swap(model, name, mod, spec, activations, s is not None)
+    if s is not None:
         qmod.smooth = s.float()
         weight = weight * s  # x / s @ (w * s)^T == x @ w^T
         hessian = hessian / s[:, None] / s[None, :] if hessian is not None else None
@@ -287,10 +301,10 @@ def _quantize_layer(
     if activations == "static":
         for which, obs in cal.observers[name].items():
             lo, hi = obs.range(8, symmetric=False)
-            if which == "in" and smooth is not None:  # observer saw x, layer quantizes x / s: a safe bound
+            if which == "in" and s is not None:  # observer saw x, layer quantizes x / s: a safe bound
                 lo, hi = lo / float(qmod.smooth.min()), hi / float(qmod.smooth.min())
             qmod.set_activation_range(which, lo, hi)
-    return {**layer_params(mod, spec, activations), "smooth": smooth is not None}
+    return {**layer_params(mod, spec, activations), "smooth": s is not None}
 
 
 def swap(

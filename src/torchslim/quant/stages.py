@@ -7,6 +7,7 @@ and `quantize: {convert: true}` stores them as integers (packed weights, ONNX in
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -40,11 +41,12 @@ class QuantizeSpec(StageSpec):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     """Globs of layers kept in float (e.g. the first and last layers)."""
-    method: Literal["auto", "rtn", "gptq"] = "auto"
-    """Weight rounding: rtn, gptq (error-compensating, Linear layers, uses calibration data), or auto:
-    gptq at 4 bits and below, rtn above (see `QuantConfig.method`)."""
+    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq"] = "auto"
+    """Weight rounding: rtn, gptq (error-compensating, Linear layers, uses calibration data), awq
+    (activation-aware input scales searched per layer, then rtn; awq+gptq: then gptq), or auto: gptq at 4
+    bits and below when calibration data is at hand, rtn above (see `QuantConfig.method`)."""
     rounding: Literal["nearest", "gptq"] | None = None
-    """Deprecated name of `method` (nearest = rtn); given, it wins over `method`."""
+    """Deprecated name of `method` (nearest = rtn); a recipe giving both is refused."""
     smoothing: float | Literal["auto"] = "auto"
     """SmoothQuant alpha for Linear layers (0: off; uses calibration data); auto: for dynamic activations,
     the alpha whose output on a calibration batch is closest to float (see `QuantConfig.smoothing`)."""
@@ -74,6 +76,17 @@ class QuantizeSpec(StageSpec):
             raise ValueError(f"convert: true takes no other keys than runtime (got {extra})")
         if self.qat and self.kind == "codebook":
             raise ValueError("qat: codebook layers train their centroids directly; use qat with kind int")
+        return self
+
+    @model_validator(mode="after")
+    def _rounding_alias(self) -> QuantizeSpec:
+        if self.rounding is None:
+            return self
+        if "method" in self.model_fields_set:
+            raise ValueError("rounding is the deprecated name of method: give only method")
+        warnings.warn(
+            "quantize: rounding is deprecated, use method (rtn|gptq|awq)", DeprecationWarning, stacklevel=2
+        )
         return self
 
     @field_validator("smoothing")
@@ -110,7 +123,7 @@ class QuantizeSpec(StageSpec):
             config.kind == "int"
             and (
                 config.activations == "static"
-                or config.method == "gptq"
+                or config.method in ("gptq", "awq", "awq+gptq")
                 or (config.method == "auto" and low_bits <= 4)
                 or (config.smoothing == "auto" and config.activations == "dynamic")
                 or (config.smoothing != "auto" and float(config.smoothing) > 0)
