@@ -9,7 +9,9 @@
   from the pruned config, so a config that cannot describe the pruned shapes is a clear error here,
   not at load time. Quantized layers are written dequantized (float weights on the integer grid; the
   activation quantization is not representable and is dropped): `torchslim.json` in the directory says
-  which. GPT-2's Conv1D layers, linearized for quantization, get their [in, out] layout back. The
+  which, unless every quantized layer is a Linear compressed-tensors can describe: then the integers
+  are written as they are in its format (`hf_compressed`), which transformers loads and runs. GPT-2's
+  Conv1D layers, linearized for quantization, get their [in, out] layout back. The
   tokenizer and processor files of the checkpoint the model was loaded from are copied beside
   (`hf_files`; `torchslim.json` lists them); a zoo model without one gets its task's tokenizer
   (`hf_causal.write_tokenizer`). `hf:PATH` checkpoints load through `hf_causal.load`.
@@ -28,7 +30,7 @@ from pydantic import Field, StringConstraints
 
 from torchslim.atomic import replace_dir, temp_dir_beside
 from torchslim.errors import ManifestError, UserError
-from torchslim.interop import hf_files
+from torchslim.interop import hf_compressed, hf_files
 from torchslim.interop.hf_causal import write_tokenizer
 from torchslim.io import set_source
 from torchslim.manifest import SOURCE_PARAMS, Strict
@@ -120,11 +122,17 @@ def write_hf(model: nn.Module, example_inputs: Any, out_dir: Path) -> Path:
     problems = config_problems(model)
     if problems:
         raise UserError(f"output format 'hf': {problems[0]}{_why_no_pruned_heads(model)}")
-    fresh, notes = float_copy(model)
     dest = Path(out_dir) / OUTPUT_DIR
     source = hf_files.source_dir(model)
+    why_not = hf_compressed.representable(model) if hf_compressed.quantized_layers(model) else "float"
     with temp_dir_beside(dest) as tmp:
-        fresh.save_pretrained(str(tmp))
+        if why_not is None:
+            notes = hf_compressed.save(model, tmp)
+        else:
+            fresh, notes = float_copy(model)
+            fresh.save_pretrained(str(tmp))
+            if notes:
+                notes["compressed_tensors"] = f"not written: {why_not}"
         if source is not None:
             notes["tokenizer_files"] = hf_files.copy_files(source, tmp)
         else:

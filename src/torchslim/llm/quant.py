@@ -150,7 +150,7 @@ def block_linears(model: nn.Module) -> dict[str, nn.Module]:
 def quantize_layerwise(
     model: nn.Module,
     config: QuantConfig,
-    data: Iterable[Any],
+    data: Iterable[Any] | None,
     *,
     store: engine.LayerStore | None = None,
     calibration_batches: int | None = None,
@@ -167,24 +167,38 @@ def quantize_layerwise(
     if not config.include:  # embeddings and lm_head only when asked for (as llm-compressor)
         kept.update(dict.fromkeys(outside, "outside the decoder blocks (name it in include to quantize)"))
         outside = {}
-    smoothing = _smoothing(config)
-    method = LayerQuantizer(model, config, smoothing)
-    run = engine.run(model, data, method, targets, store=store, batches=calibration_batches)
-    result = QuantResult(quantized=dict(method.quantized), kept_float=kept)
+    smoothing = _smoothing(config, data is not None)
     rtn = ROUNDING.get("nearest")
+    result = QuantResult(kept_float=kept)
+    if data is None:  # nothing to calibrate with: round to nearest, no engine
+        _needs_no_data(config, smoothing)
+        outside.update({n: selected[n] for n in sorted(targets)})
+        result.chosen = {"linear_rounding": {"nearest": len(targets)}}
+    else:
+        method = LayerQuantizer(model, config, smoothing)
+        run = engine.run(model, data, method, targets, store=store, batches=calibration_batches)
+        result.quantized = dict(method.quantized)
+        result.chosen = {
+            "linear_rounding": {auto.rounding_for(config, config.bits, True): len(targets)},
+            **({"smoothing": smoothing} if smoothing else {}),
+            **({"awq_alpha": method.search} if method.awq else {}),
+            **run.notes(),
+        }
     for name, mod in outside.items():
         result.quantized[name] = _quantize_layer(model, name, mod, config, Calibration(), rtn, 0.0)
-    result.chosen = {
-        "linear_rounding": {auto.rounding_for(config, config.bits, True): len(targets)},
-        **({"smoothing": smoothing} if smoothing else {}),
-        **({"awq_alpha": method.search} if method.awq else {}),
-        **run.notes(),
-    }
     io.add_transform(model, TRANSFORM, {"layers": result.quantized})
     return result
 
 
-def _smoothing(config: QuantConfig) -> float:
+def _needs_no_data(config: QuantConfig, smoothing: float) -> None:
+    needs = [k for k, v in {"gptq": config.method in ("gptq", "awq+gptq"), "awq": auto.uses_awq(config),
+                            "smoothing": smoothing > 0}.items() if v]  # fmt: skip
+    if needs:
+        raise UserError(f"{', '.join(needs)} need calibration data")
+
+
+def _smoothing(config: QuantConfig, has_data: bool) -> float:
     if config.smoothing == "auto":
-        return SMOOTHING_DEFAULT if config.activations == "dynamic" and not auto.uses_awq(config) else 0.0
+        on = has_data and config.activations == "dynamic" and not auto.uses_awq(config)
+        return SMOOTHING_DEFAULT if on else 0.0
     return float(config.smoothing)

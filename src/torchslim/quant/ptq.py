@@ -145,7 +145,7 @@ def quantize_(
     if layer_bits is None and _layerwise(model, config, data):
         from torchslim.llm.quant import quantize_layerwise
 
-        return quantize_layerwise(model, config, data or [], calibration_batches=calibration_batches)
+        return quantize_layerwise(model, config, data, calibration_batches=calibration_batches)
     layers, kept = select_layers(model, config, with_recurrent=True)
     if not layers:
         raise UserError(
@@ -223,13 +223,10 @@ def _quantize_recurrent(
 
 
 def _layerwise(model: nn.Module, config: QuantConfig, data: Iterable[Any] | None) -> bool:
-    """A causal LM calibrated for GPTQ, AWQ or SmoothQuant runs one decoder block at a time."""
+    """A causal LM (weight-only or dynamic activations) is quantized one decoder block at a time."""
     from torchslim.llm.quant import is_causal_lm
 
-    if data is None or config.kind != "int" or config.activations == "static" or not is_causal_lm(model):
-        return False
-    wants = config.method in ("gptq", "awq", "awq+gptq") or (config.method == "auto" and config.bits <= 4)
-    return wants or config.activations == "dynamic"
+    return config.kind == "int" and config.activations != "static" and is_causal_lm(model)
 
 
 def _search_smoothing(
