@@ -150,15 +150,19 @@ class ShardStore:
 
         assert self.out is not None, "ShardStore.release before begin()"
         make_permanent(block)
-        prefix = f"{self.stack.name(index)}."
-        state = {prefix + k: v.detach().to(self.dtypes.get(prefix + k, v.dtype)).contiguous()
-                 for k, v in block.state_dict().items()}  # fmt: skip
+        state = self.block_state(index, block)
         name = f"model-block-{index:05d}.safetensors"
         save_file(state, str(self.out / name), metadata={"format": "pt"})
         self.written.update(dict.fromkeys(state, name))
         del state
         block.to("meta")
         gc.collect()
+
+    def block_state(self, index: int, block: nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors written for block `index`: its state in the checkpoint's dtypes."""
+        prefix = f"{self.stack.name(index)}."
+        return {prefix + k: v.detach().to(self.dtypes.get(prefix + k, v.dtype)).contiguous()
+                for k, v in block.state_dict().items()}  # fmt: skip
 
     def finish(self) -> None:
         """The tensors outside the blocks (copied as stored), the index and the config files."""

@@ -60,6 +60,8 @@ class LayerQuantizer:
         self.quantized: dict[str, dict[str, Any]] = {}
         self.search: dict[str, Any] = {}
         self.stack = find_layers(model)
+        gptq = auto.rounding_for(config, config.bits, True) == "gptq"
+        self.needs_inputs = self.awq or smoothing > 0 or gptq  # RTN alone reads no inputs
 
     def _block_of(self, name: str) -> tuple[nn.Module, str]:
         """The decoder block holding the layer `name`, and the layer's name inside it."""
@@ -68,6 +70,8 @@ class LayerQuantizer:
         return self.stack.layers[int(index)], relative
 
     def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if not self.needs_inputs:
+            return
         if self.seen is not None and self.seen[0] is x:  # the very tensor another layer saw: counted once
             self.hessians.setdefault(name, self.seen[1])
             return
@@ -81,11 +85,11 @@ class LayerQuantizer:
 
     def apply(self, name: str, module: nn.Module) -> None:
         self.seen = None
-        h = self.hessians.pop(name)
+        h = self.hessians.pop(name, None) or Hessian()
         key = id(h)
-        if key not in self.means:
+        if key not in self.means and h.total is not None:
             self.means[key] = h.take()
-        hessian = self.means[key]
+        hessian = self.means.get(key)
         block, relative = self._block_of(name)
         spec, activations = layer_spec(module, self.config)
         if key not in self.scales:
@@ -94,19 +98,18 @@ class LayerQuantizer:
         s = self.scales[key]
         weight = _weight(module)
         qmod = swap(self.model, name, module, spec, activations)
-        if s is not None:
+        if s is not None and hessian is not None:
             weight, hessian = weight * s[None, :], awq.scaled_hessian(hessian, s)
         self.rounder(qmod, weight, hessian)
         self.quantized[name] = {**layer_params(module, spec, activations), "smooth": False}
         if not any(other is h for other in self.hessians.values()):  # the group's last layer
-            del self.scales[key], self.means[key]
-            self.absmax.pop(key, None)
+            self.scales.pop(key, None), self.means.pop(key, None), self.absmax.pop(key, None)
 
     def _group_scale(
-        self, block: nn.Module, relative: str, group: list[str], hessian: torch.Tensor, spec: Any, key: int
+        self, block: nn.Module, relative: str, group: list[str], hessian: Any, spec: Any, key: int
     ) -> torch.Tensor | None:
         """The group's input scale, folded into its producer now (None: no scaling)."""
-        if not (self.awq or self.smoothing > 0):
+        if not (self.awq or self.smoothing > 0) or hessian is None:
             return None
         producer = producer_of(block, relative)
         if producer is None:
