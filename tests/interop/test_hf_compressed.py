@@ -112,3 +112,24 @@ def test_layers_without_a_compressed_tensors_form_fall_back_to_float(tmp_path: P
     notes = json.loads((dest / "torchslim.json").read_text())
     assert "not written" in notes["compressed_tensors"]
     assert "quantization_config" not in json.loads((dest / "config.json").read_text())
+
+
+@pytest.mark.parametrize(("bits", "symmetric"), [(2, False), (3, False), (4, True), (4, False), (8, True)])
+def test_layer_tensors_unpack_to_our_integers_exactly(bits: int, symmetric: bool) -> None:
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    from torchslim.quant.modules import QuantLinear
+    from torchslim.quant.primitives import WeightSpec
+
+    torch.manual_seed(0)
+    layer = QuantLinear(torch.nn.Linear(64, 24), WeightSpec(bits, "per_group", 16, symmetric), None)
+    layer.set_weight(torch.randn(24, 64))
+    tensors = hf_compressed.layer_tensors("x", layer, torch.float32)
+    v = layer.quantized_values()
+    offset = 0 if symmetric else 1 << (bits - 1)
+    values = unpack_from_int32(tensors["x.weight_packed"], bits, torch.Size((24, 64)))
+    assert torch.equal(values.to(torch.int32) + offset, v.values)
+    if not symmetric:
+        assert v.zero is not None
+        zero = unpack_from_int32(tensors["x.weight_zero_point"], bits, torch.Size((24, 4)), packed_dim=0)
+        assert torch.equal(zero.to(torch.int32) + offset, v.zero)
