@@ -148,12 +148,12 @@ def _entries(model: nn.Module, prefix: str, dtype: torch.dtype) -> Iterator[tupl
     for name, mod in model.named_modules():
         if any(name.startswith(q) for q in inside):
             continue
-        full = f"{prefix}{name}"
+        full = f"{prefix}{name}." if name else prefix
         if isinstance(mod, QuantModule):
             inside.append(name + ".")
-            yield full, layer_tensors(full, mod, dtype)
+            yield full, layer_tensors(full[:-1], mod, dtype)
             continue
         skip = mod._non_persistent_buffers_set
         for attr, t in [*mod._parameters.items(), *mod._buffers.items()]:
             if t is not None and attr not in skip:
-                yield (f"{full}.{attr}" if full else attr), t
+                yield f"{full}{attr}", t
