@@ -88,6 +88,9 @@ def _export(target: nn.Module, args: tuple[Any, ...], names: dict[str, Any]) -> 
     """The exported program, dynamic where it can be, else static with a warning naming why."""
     from torchslim.interop.hf_onnx import MainOutput
 
+    for module in target.modules():  # quantized layers' ONNX constants made now, outside the trace
+        getattr(module, "export_constants", None)
+
     dynamic = names["dynamic_shapes"]
     per_arg = dynamic[0] if isinstance(target, MainOutput) else dynamic  # the wrapper takes *args
     widened = _widen(args, per_arg)

@@ -94,18 +94,28 @@ class QuantModule(nn.Module):
                 self.register_buffer(f"{name}_zero", torch.zeros((), dtype=torch.uint8))
         if smooth:  # SmoothQuant: inputs divided per channel, weights multiplied (stored that way)
             self.register_buffer("smooth", torch.ones(self.weight_shape[1]))
-        self.export_constants: dict[str, Any] = {}
+        self._export_constants: dict[str, Any] | None = None
         self.compute = "int"
         self.float_weight: torch.Tensor | None = None
         """`compute="float"`: the dequantized weight (smoothing folded back in), kept as a plain tensor."""
         self.register_load_state_dict_post_hook(lambda mod, keys: mod.refresh())
 
     def refresh(self) -> None:
-        """Recompute the ONNX constants (plain tensors, not state): the exporter must not trace them."""
-        from torchslim.quant.backends.onnx_ops import constants
-
+        """After the grid changed: the float-compute weight again, and the ONNX constants dropped."""
         self.float_weight = self._float_weight().detach().clone() if self.compute == "float" else None
-        self.export_constants = constants(self)
+        self._export_constants = None
+
+    @property
+    def export_constants(self) -> dict[str, Any]:
+        """The ONNX constants (plain tensors, not state), made on first use and kept until the grid
+        changes. `export_onnx` makes them before tracing (the exporter must not trace their making);
+        they are not made eagerly because a float copy of every 4-bit layer would stay resident (and
+        outlive a block offloaded to the meta device by the layer-by-layer engine)."""
+        if self._export_constants is None:
+            from torchslim.quant.backends.onnx_ops import constants
+
+            self._export_constants = constants(self)
+        return self._export_constants
 
     def set_compute(self, compute: str) -> None:
         """`int`: the integer grids as quantized; `float`: float op on the weights dequantized once."""
