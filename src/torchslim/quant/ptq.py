@@ -168,12 +168,12 @@ def quantize_(
     bits_of = {n: (layer_bits or {}).get(n) or config.bits for n in layers}
     rounders = {n: auto.rounding_for(config, bits_of[n], has_data) for n in layers}
     linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
-    awq = auto.uses_awq(config)
+    use_awq = auto.uses_awq(config)
     needs = {"static activations": config.activations == "static", "gptq": config.method == "gptq"}
-    needs["awq"], needs["smoothing"] = awq, smoothing > 0
+    needs["awq"], needs["smoothing"] = use_awq, smoothing > 0
     if any(needs.values()) and not has_data:
         raise UserError(f"{', '.join(k for k, v in needs.items() if v)} need calibration data")
-    needs["gptq"] = any(rounders[n] == "gptq" for n in linear) or awq
+    needs["gptq"] = any(rounders[n] == "gptq" for n in linear) or use_awq
     chosen["linear_rounding"] = {
         r: sum(rounders[n] == r for n in linear) for r in sorted({rounders[n] for n in linear})
     }
@@ -195,7 +195,7 @@ def quantize_(
     for name, mod in layers.items():
         rounder = ROUNDING.get(rounders[name])
         bits = (layer_bits or {}).get(name)
-        alpha = smoothing if not awq else AWQ if isinstance(mod, nn.Linear) else 0.0
+        alpha = smoothing if not use_awq else AWQ if isinstance(mod, nn.Linear) else 0.0
         result.quantized[name] = _quantize_layer(model, name, mod, config, cal, rounder, alpha, bits)
         if name in folded:
             result.quantized[name]["folded_bn"] = folded[name]

@@ -95,8 +95,8 @@ def _weight(q: QuantModule) -> torch.Tensor:
     DequantizeLinear on the int8 initializer."""
     if q.float_weight is not None:
         return q.float_weight
-    c = q.export_constants
-    if torch.onnx.is_in_onnx_export() and c.get("per_row"):
+    c = q.export_constants if torch.onnx.is_in_onnx_export() else {}  # made before tracing
+    if c.get("per_row"):
         from torchslim.quant.backends.onnx_ops import dequantize_linear
 
         return dequantize_linear(c["w"], c["w_scale"], c["w_zero"], axis=0)
