@@ -265,6 +265,7 @@ def build_graph(
     `allow_untraceable`: an untraceable model yields an empty graph instead of an error (used when
     registered transformer blocks supply the groups and the rest of the model is not pruned anyway).
     """
+    from torchslim.prune import flow_attention as flow_attention  # registers views by heads, attention
     from torchslim.prune import flow_split as flow_split  # registers cat, split and slicing
     from torchslim.prune.flow_ops import Analyzer
 
