@@ -16,7 +16,8 @@ Model. Every channel of every tracked value carries an integer id. A layer that 
 (conv, linear) gets fresh ids; ops that keep channels pass ids through (norms, activations,
 pooling, upsampling); `add`/`mul` unify the ids of their operands (residuals); `cat` concatenates
 id lists; `split`/slicing slices them; flatten repeats each id over the positions it spans;
-grouped and depthwise convs and GroupNorm unify all channels of one group so groups go whole. After
+depthwise convs and GroupNorm unify all channels of one group so groups go whole, while grouped convs
+with several channels per group unify position j of every group (each group is narrowed alike). After
 the run, the union-find classes of ids are the pruning units; a class touching a model input or
 output, an excluded module or an op we do not follow is frozen. Units that appear in the same set
 of layer tensors form a `Group` (e.g. all output channels of one conv and its norm and consumers).
