@@ -149,6 +149,22 @@ def test_control_flow_on_an_inner_shape_traces_with_the_example() -> None:
     assert net(x).shape == dense
 
 
+class OwnShapeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(y if y.shape[-1] > 2 else -y)
+
+
+def test_control_flow_on_a_shape_in_the_models_own_forward() -> None:
+    net, x = OwnShapeBranch().eval(), torch.randn(1, 3, 4, 4)
+    prune_channels_(net, ChannelConfig(ratio=0.5, exclude=("head",)), x)
+    assert net.conv.out_channels == 4 and net(x).shape == (1, 2, 4, 4)
+
+
 def test_exclude_and_include_globs() -> None:
     graph = _graph("lenet5", exclude=("conv2",))
     assert [g.name for g in graph.groups] == ["conv1", "fc1"]  # conv2 keeps its outputs, its inputs may go

@@ -278,7 +278,7 @@ def build_graph(
             traced, args = _trace_eval(model, example_inputs, opaque, run_example)
             break
         except Untraceable as exc:
-            if exc.path and not run_example:  # control flow on a shape: retry knowing every shape
+            if not run_example:  # control flow on a shape: retry knowing every shape
                 run_example = True
                 continue
             if exc.path and exc.path not in opaque and len(notes) < 64:
