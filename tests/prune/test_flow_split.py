@@ -311,8 +311,10 @@ class Shuffle(nn.Module):
 def test_channel_shuffle_is_left_whole_and_the_model_still_runs() -> None:
     model = Shuffle()
     _prune(model, torch.randn(1, 3, 4, 4))
-    # the shuffled tensor stays, and so does what a grouped conv couples to it
-    assert model.grouped.out_channels == model.conv.out_channels == 8 and model.head.in_channels == 8
+    # the shuffled tensor stays; the grouped conv's inputs are narrowed within its two groups
+    assert model.grouped.out_channels == model.head.in_channels == 8
+    assert (model.conv.out_channels, model.grouped.in_channels, model.grouped.groups) == (4, 4, 2)
+    assert model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)
 
 
 class Scale(nn.Module):

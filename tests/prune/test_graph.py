@@ -114,6 +114,57 @@ def test_unknown_op_or_untraceable_module_is_kept_and_noted(model: type[nn.Modul
     assert excluded.groups == [] and excluded.notes == {}
 
 
+class PoolIfSmall(nn.Module):
+    """VGG's ConvMlp head: pools to the kernel size when the map is smaller (control flow on a shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(8, 16, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] < 7 or x.dim() != 4:
+            x = nn.functional.adaptive_avg_pool2d(x, (7, 7))
+        return self.fc1(x)
+
+
+class ShapeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.mlp = PoolIfSmall()
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(self.conv(x)))
+
+
+def test_control_flow_on_an_inner_shape_traces_with_the_example() -> None:
+    """Branches on an intermediate value's shape are taken as the example takes them: nothing kept whole."""
+    net, x = ShapeBranch().eval(), torch.randn(1, 3, 4, 4)
+    dense = net(x).shape
+    graph = dependency_graph(net, x, ChannelConfig(ratio=0.5, exclude=("head",)))
+    assert graph.notes == {} and len(graph.groups) == 2
+    prune_channels_(net, ChannelConfig(ratio=0.5, exclude=("head",)), x)
+    assert (net.conv.out_channels, net.mlp.fc1.in_channels, net.mlp.fc1.out_channels) == (4, 4, 8)
+    assert net(x).shape == dense
+
+
+class OwnShapeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(y if y.shape[-1] > 2 else -y)
+
+
+def test_control_flow_on_a_shape_in_the_models_own_forward() -> None:
+    net, x = OwnShapeBranch().eval(), torch.randn(1, 3, 4, 4)
+    prune_channels_(net, ChannelConfig(ratio=0.5, exclude=("head",)), x)
+    assert net.conv.out_channels == 4 and net(x).shape == (1, 2, 4, 4)
+
+
 def test_exclude_and_include_globs() -> None:
     graph = _graph("lenet5", exclude=("conv2",))
     assert [g.name for g in graph.groups] == ["conv1", "fc1"]  # conv2 keeps its outputs, its inputs may go

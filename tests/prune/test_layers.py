@@ -94,6 +94,21 @@ def test_grouped_conv_loses_whole_groups() -> None:
     assert torch.allclose(conv(x.index_select(1, keep_in)), dense.index_select(1, keep_out), atol=1e-5)
 
 
+def test_grouped_conv_narrowed_within_groups() -> None:
+    """Every group keeps its count and loses the same positions: the group count stays."""
+    conv = nn.Conv2d(8, 12, 3, groups=4)  # 2 inputs and 3 outputs per group
+    x = torch.randn(2, 8, 6, 6)
+    keep_in, keep_out = torch.tensor([1, 3, 5, 7]), torch.tensor([0, 2, 3, 5, 6, 8, 9, 11])
+    x_kept = torch.zeros_like(x)
+    x_kept[:, keep_in] = x[:, keep_in]
+    dense = conv(x_kept).index_select(1, keep_out)
+    prune_module(conv, "in", keep_in)
+    prune_module(conv, "out", keep_out)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 4, 8)
+    assert conv.weight.shape == (8, 1, 3, 3)
+    assert torch.allclose(conv(x.index_select(1, keep_in)), dense, atol=1e-5)
+
+
 def test_transformers_conv1d_rule() -> None:
     transformers = pytest.importorskip("transformers")
     layer = transformers.pytorch_utils.Conv1D(8, 6)

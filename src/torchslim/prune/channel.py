@@ -25,6 +25,7 @@ from torchslim.metrics.latency import measure_latency
 from torchslim.metrics.macs import count_macs
 from torchslim.prune import torch_blocks as torch_blocks  # registers torch.nn's transformer blocks
 from torchslim.prune.check import guard
+from torchslim.prune.flow_attention import fix_heads
 from torchslim.prune.flow_split import fix_splits
 from torchslim.prune.graph import Graph, Key, build_graph
 from torchslim.prune.group_importance import Context, LossFn, group_scores
@@ -140,6 +141,7 @@ def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, Any]:
             prune_module(model.get_submodule(path), role, keep)
     fix_blocks(model)
     fix_splits(model)
+    fix_heads(model)
     record = record_prune(model, before)
     return {"replace": replaced, **record} if replaced else record
 

@@ -65,9 +65,22 @@ def layer_flow(an: Analyzer, n: fx.Node, module: nn.Module, out: Any) -> Out:
         an.freeze(out_ids)
     if rule.in_dims(module) or gi:
         in_ids = an.record((path, "in"), an.ids_at(x, dim_in))
+        if gi > 1 and go > 1 and rule.cut_in is not None:
+            _narrow_groups(an, in_ids, out_ids, (gi, go))
+            return Chan(out_ids, dim_out)
         for g in range(len(in_ids) // gi if gi else 0):
             an.uf.union_all(np.concatenate([in_ids[g * gi : (g + 1) * gi], out_ids[g * go : (g + 1) * go]]))
     return Chan(out_ids, dim_out)
+
+
+def _narrow_groups(an: Analyzer, in_ids: np.ndarray, out_ids: np.ndarray, sizes: tuple[int, int]) -> None:
+    """A grouped conv with several channels per group on both sides keeps its group count and loses
+    the same positions from every group (Torch-Pruning's grouped-conv pruning): position j of each
+    group is one unit, on the input and output sides independently. Depthwise-like convs (one channel
+    per group on a side) still lose whole groups, their inputs with their outputs."""
+    for ids, size in zip((in_ids, out_ids), sizes, strict=True):
+        for j in range(size):
+            an.uf.union_all(ids[j::size])
 
 
 def _across(

@@ -7,7 +7,8 @@ Choice: torch.fx symbolic tracing, then one run of the traced graph on the examp
   slower to build (the ResNet-50 graph must build in seconds).
 - running the traced graph (an `fx.Interpreter`) gives every value's real shape, which is what
   flatten -> linear, concatenation, split and broadcasting need.
-Tracing fails on data-dependent Python control flow; the module being traced is then made an opaque
+Control flow on a shape is retraced with the example run alongside (every value's shape is then
+known). Tracing fails on data-dependent Python control flow; the module being traced is then made an opaque
 leaf (its channels are left alone, `Graph.notes` says so) and the model traced again; only the
 model's own forward failing is an error.
 
@@ -15,7 +16,8 @@ Model. Every channel of every tracked value carries an integer id. A layer that 
 (conv, linear) gets fresh ids; ops that keep channels pass ids through (norms, activations,
 pooling, upsampling); `add`/`mul` unify the ids of their operands (residuals); `cat` concatenates
 id lists; `split`/slicing slices them; flatten repeats each id over the positions it spans;
-grouped and depthwise convs and GroupNorm unify all channels of one group so groups go whole. After
+depthwise convs and GroupNorm unify all channels of one group so groups go whole, while grouped convs
+with several channels per group unify position j of every group (each group is narrowed alike). After
 the run, the union-find classes of ids are the pruning units; a class touching a model input or
 output, an excluded module or an op we do not follow is frozen. Units that appear in the same set
 of layer tensors form a `Group` (e.g. all output channels of one conv and its norm and consumers).
@@ -23,7 +25,10 @@ of layer tensors form a `Group` (e.g. all output channels of one conv and its no
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,31 +122,89 @@ class _ShapeProxy(fx.Proxy):
     so specializing shapes is sound, and input checks (`if x.shape[1] != channels: raise`) trace."""
 
     def __getattr__(self, k: str) -> Any:
-        shape = (
-            getattr(self.tracer, "shapes", {}).get(self.node.name) if self.node.op == "placeholder" else None
-        )
-        if shape is not None and k == "shape":
+        shape = _known_shape(self.tracer, self.node) if k in ("shape", "size", "ndim", "dim") else None
+        if shape is None:
+            return super().__getattr__(k)
+        if k == "shape":
             return shape
-        if shape is not None and k == "size":
-            return lambda dim=None: shape if dim is None else shape[dim]
-        return super().__getattr__(k)
+        if k == "ndim":
+            return len(shape)
+        if k == "dim":
+            return lambda: len(shape)
+        return lambda dim=None: shape if dim is None else shape[dim]
+
+
+def _known_shape(tracer: Any, node: fx.Node) -> torch.Size | None:
+    if node.op == "placeholder" and node.name in getattr(tracer, "shapes", {}):
+        return tracer.shapes[node.name]
+    value = (getattr(tracer, "values", None) or {}).get(node)
+    return value.shape if isinstance(value, torch.Tensor) else None
 
 
 class _Tracer(fx.Tracer):
     """Registered layers and the given module paths are leaves; everything else is traced through."""
 
-    def __init__(self, leaves: set[str], shapes: dict[str, torch.Size]) -> None:
+    def __init__(
+        self, leaves: set[str], shapes: dict[str, torch.Size], inputs: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.leaves = leaves
         self.shapes = shapes
+        self.inputs = inputs
+        """Concrete mode (given the example inputs by name): every node is also computed on them, so
+        the shapes of intermediate values are known too (`B, C, H, W = x.shape` deep in a module)."""
+        self.values: dict[fx.Node, Any] | None = {} if inputs is not None else None
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any) -> fx.Proxy:
+        out = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+        if self.values is not None:
+            self.values[out.node] = self._compute(out.node)
+        return out
+
+    def _compute(self, n: fx.Node) -> Any:
+        """The node's value on the example inputs; `_UNKNOWN` where an input to it is unknown or it fails
+        (the shapes it would have given are then symbolic, as in plain tracing)."""
+        values = self.values or {}
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: values.get(a, _UNKNOWN))
+        flat: list[Any] = []
+        fx.node.map_aggregate((args, kwargs), lambda v: flat.append(v) or v)  # type: ignore[func-returns-value]
+        if any(v is _UNKNOWN for v in flat):
+            return _UNKNOWN
+        try:
+            with _unpatched():  # tracing patches Module.__call__: the real call must not be recorded
+                return self._run(n, args, kwargs)
+        except Exception:
+            return _UNKNOWN
+
+    def _run(self, n: fx.Node, args: Any, kwargs: Any) -> Any:
+        if n.op == "placeholder":
+            return (self.inputs or {}).get(str(n.target), _UNKNOWN)
+        if n.op == "get_attr":
+            return _fetch(self.root, str(n.target))
+        if n.op == "call_module":
+            return self.root.get_submodule(str(n.target))(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], str(n.target))(*args[1:], **kwargs)
+        return n.target(*args, **kwargs)  # type: ignore[operator]
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaves or rule_of(m) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+
+_UNKNOWN = object()
+_unpatched: Callable[[], AbstractContextManager[None]] = getattr(
+    fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext
+)
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    owner, _, name = target.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, name)
 
 
 class Untraceable(UserError):
@@ -152,9 +215,12 @@ class Untraceable(UserError):
         self.path, self.reason = path, reason
 
 
-def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.Graph, list[Any]]:
+def trace(
+    model: nn.Module, example_inputs: Any, leaves: set[str], *, run_example: bool = False
+) -> tuple[fx.Graph, list[Any]]:
     """The traced graph and the full positional arguments to run it with (on `model` itself: the
-    graph is interpreted, never compiled to code, so no GraphModule is needed)."""
+    graph is interpreted, never compiled to code, so no GraphModule is needed). `run_example`: run the
+    example alongside, so control flow on any value's shape traces (see `_Tracer.inputs`)."""
     sig = inspect.signature(model.forward)
     params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given = dict(example_inputs) if isinstance(example_inputs, dict) else {}
@@ -162,7 +228,8 @@ def trace(model: nn.Module, example_inputs: Any, leaves: set[str]) -> tuple[fx.G
         given = {p.name: v for p, v in zip(params, as_tuple(example_inputs), strict=False)}
     concrete = {p.name: p.default for p in params if p.name not in given and p.default is not p.empty}
     varkw: dict[str, Any] = {"**" + p.name: {} for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD}
-    tracer = _Tracer(leaves, {k: v.shape for k, v in given.items() if isinstance(v, torch.Tensor)})
+    shapes = {k: v.shape for k, v in given.items() if isinstance(v, torch.Tensor)}
+    tracer = _Tracer(leaves, shapes, given | concrete if run_example else None)
     cls = type(model)
     forward = inspect.unwrap(cls.forward)
     if (
@@ -199,16 +266,21 @@ def build_graph(
     `allow_untraceable`: an untraceable model yields an empty graph instead of an error (used when
     registered transformer blocks supply the groups and the rest of the model is not pruned anyway).
     """
+    from torchslim.prune import flow_attention as flow_attention  # registers views by heads, attention
     from torchslim.prune import flow_split as flow_split  # registers cat, split and slicing
     from torchslim.prune.flow_ops import Analyzer
 
     opaque = set(opaque or ())
     notes: dict[str, str] = {}
+    run_example = False
     while True:
         try:
-            traced, args = trace(model, example_inputs, opaque)
+            traced, args = _trace_eval(model, example_inputs, opaque, run_example)
             break
         except Untraceable as exc:
+            if not run_example:  # control flow on a shape: retry knowing every shape
+                run_example = True
+                continue
             if exc.path and exc.path not in opaque and len(notes) < 64:
                 opaque.add(exc.path)  # left whole; the rest of the model is still pruned
                 notes[exc.path] = f"channels kept: the module cannot be traced ({exc.reason})"
@@ -227,3 +299,18 @@ def build_graph(
     graph = analyzer.result()
     graph.notes = notes | graph.notes
     return graph
+
+
+def _trace_eval(
+    model: nn.Module, example_inputs: Any, leaves: set[str], run_example: bool
+) -> tuple[fx.Graph, list[Any]]:
+    """`trace`, in eval mode without gradients when the example runs alongside."""
+    if not run_example:
+        return trace(model, example_inputs, leaves)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return trace(model, example_inputs, leaves, run_example=True)
+    finally:
+        model.train(was_training)

@@ -58,6 +58,10 @@ class LayerRule:
     flow: Callable[..., Any] | None = None
     """The layer's own channel-flow handler `(analyzer, node, module, out) -> Out`, where the generic
     one (new output channels, inputs mapped to weight columns) does not describe it."""
+    cut_in: Callable[[Any, torch.Tensor], bool] | None = None
+    """Cuts the input side given the kept indices, where a selection along `in_dims` cannot (a grouped
+    conv narrowed within its groups); returns False to fall back to `in_dims` and `set_in`. A producer
+    with a `cut_in` and more than one channel per group on both sides is narrowed within its groups."""
 
     def channel_dim(self, module: Any) -> int:
         return self.act_dim_of(module) if self.act_dim_of is not None else self.act_dim
@@ -100,6 +104,8 @@ def prune_module(module: nn.Module, role: str, keep: torch.Tensor) -> None:
     """Keep channels `keep` (sorted indices) of `module` on the side `role`: `out`, `in` or `both`."""
     rule = rule_of(module)
     assert rule is not None, f"no layer rule for {type(module).__name__}"
+    if role == "in" and rule.cut_in is not None and rule.cut_in(module, keep):
+        return
     for name, dim in rule.dims_for(module, role).items():
         _select(module, name, dim, keep)
     rule.set_size(module, role, len(keep))
@@ -148,14 +154,24 @@ def _conv_kind(m: Any) -> Kind:
 
 
 def _conv_in_dims(m: Any) -> dict[str, int]:
-    # a grouped conv loses whole groups (the graph couples them), so its weight's input dim is unchanged
+    # a grouped conv's weight holds one group's inputs: `_conv_cut_in` maps the kept channels onto it
     return {"weight": 1} if m.groups == 1 else {}
 
 
-def _conv_set_in(m: Any, n: int) -> None:
-    if m.groups > 1:  # whole groups went: the channels per group stay
-        m.groups = n // (m.in_channels // m.groups)
-    m.in_channels = n
+def _conv_cut_in(m: Any, keep: torch.Tensor) -> bool:
+    """A grouped conv either loses whole groups (depthwise-like: the graph couples a group's inputs
+    with its outputs) or keeps every group and loses the same positions in each (narrowed: the graph
+    couples position j of every group); which one is read off the kept indices."""
+    if m.groups == 1:
+        return False
+    per_group = m.in_channels // m.groups
+    present = int(torch.unique(keep // per_group).numel())
+    if present == m.groups:  # narrowed: the first group's kept positions are every group's
+        _select(m, "weight", 1, keep[keep < per_group])
+    else:  # whole groups went: the channels per group stay
+        m.groups = present
+    m.in_channels = len(keep)
+    return True
 
 
 def _conv_group_size(m: Any) -> tuple[int, int]:
@@ -170,9 +186,10 @@ register_layer(
         out_dims=lambda m: {"weight": 0, "bias": 0},
         in_dims=_conv_in_dims,
         set_out=_set_attr("out_channels"),
-        set_in=_conv_set_in,
+        set_in=_set_attr("in_channels"),
         kind=_conv_kind,
         group_size=_conv_group_size,
+        cut_in=_conv_cut_in,
     ),
 )
 
