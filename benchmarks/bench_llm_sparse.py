@@ -198,7 +198,7 @@ def recovery(quick: bool) -> Table:
     base = task.model().eval()
     data = task.calibration_loader(batches=2 if quick else 8)
     dense = task.perplexity(base)
-    lr, alpha = float(os.environ.get("RECOVERY_LR", "3e-4")), float(os.environ.get("RECOVERY_ALPHA", "1"))
+    lr, alpha = float(os.environ.get("RECOVERY_LR", "1e-4")), float(os.environ.get("RECOVERY_ALPHA", "1"))
     table = Table("llama-pydocs: SparseGPT one-shot, then recovery distillation (<= 5% of baseline tokens)",
                   ["setting", "one-shot %", "recovered %", "llm-compressor one-shot %", "target %",
                    "sparsity", "tokens", "seconds"])  # fmt: skip
