@@ -206,11 +206,13 @@ def recovery(quick: bool) -> Table:
     measure = os.environ.get("RECOVERY_ONESHOT", "1") != "0"
     for label, sparsity, pattern in [s for s in SETTINGS if s[0] in chosen]:
         model = copy.deepcopy(base)
-        ours(model, "sparsegpt", sparsity, pattern, data, ["model.layers.*"])
+        # masks kept (no make_permanent before training): the pruned weights stay zero while it trains
+        ts.prune_(model, _config("sparsegpt", sparsity, pattern, ["model.layers.*"]), data=data)
         one_shot = 100 * (task.perplexity(model) / dense - 1) if measure else OURS_ONESHOT[label]
         start = time.perf_counter()
         tokens = recover(task, model, base, 0.05, lr, alpha)
         seconds = time.perf_counter() - start
+        ts.make_permanent(model)
         after = 100 * (task.perplexity(model) / dense - 1)
         table.rows.append([label, one_shot, after, PEER_ONESHOT[label], PEER_ONESHOT[label] / 2,
                            _sparsity(model, "model.layers."), tokens, round(seconds)])  # fmt: skip

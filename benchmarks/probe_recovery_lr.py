@@ -12,7 +12,7 @@ import sys
 import time
 
 import torchslim as ts
-from benchmarks.bench_llm_sparse import ours, recover
+from benchmarks.bench_llm_sparse import _config, recover
 
 
 def main(lr: float) -> None:
@@ -22,7 +22,8 @@ def main(lr: float) -> None:
     start = time.time()
     dense = task.perplexity(base, texts)
     model = copy.deepcopy(base)
-    ours(model, "sparsegpt", 0.5, None, task.calibration_loader(batches=4), ["model.layers.*"])
+    # masks kept through training (ours() would fold them first, and the zeros would train)
+    ts.prune_(model, _config("sparsegpt", 0.5, None, ["model.layers.*"]), data=task.calibration_loader(batches=4))
     one = task.perplexity(model, texts)
     recover(task, model, base, 0.05, lr, 1.0)
     rec = task.perplexity(model, texts)
