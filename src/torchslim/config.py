@@ -345,9 +345,18 @@ class DistillConfig(BaseConfig):
     counts may differ (groups of heads are averaged), sequence lengths may not."""
     attention_weight: float = 1.0
     """Weight of the attention term, >= 0; the term is the mean over the `attention` pairs."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (the lr schedule is fitted to end there); None: `epochs`."""
+    tokens: int | None = None
+    """Training-token budget: stop after ceil(tokens / tokens per batch) steps, a batch's tokens being
+    its `input_ids` elements; for recovery bounded by a fraction of a language model's pretraining
+    tokens. With `max_steps` too, the smaller bound wins."""
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "DistillConfig", "temperature", f"must be > 0, got {self.temperature}")
+        for name in ("max_steps", "tokens"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, "DistillConfig", name, f"must be >= 1, got {value}")
         _fraction("DistillConfig", "alpha", self.alpha, closed=True)
         _check(self.epochs >= 0, "DistillConfig", "epochs", "must be >= 0")
         _check(self.lr is None or self.lr > 0, "DistillConfig", "lr", "must be > 0 (or None: automatic)")

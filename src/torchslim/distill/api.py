@@ -185,6 +185,7 @@ def distill(
         start = init_from_teacher(student, teacher, split(first)[0], soft, config.temperature, mode)
         if notes is not None:
             notes["init"] = start
+        max_steps = step_budget(config, first)
 
         def loss_fn(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
             with torch.no_grad():
@@ -213,7 +214,29 @@ def distill(
             checkpoint=checkpoint,
             progress=progress,
             higher_is_better=higher_is_better,
+            max_steps=max_steps,
         )
+
+
+def batch_tokens(batch: Any) -> int:
+    """Tokens in one training batch: the elements of its `input_ids` (padding included, as every
+    position is trained on); UserError for a batch without token ids."""
+    inputs, _ = split(batch)
+    ids = inputs.get("input_ids") if isinstance(inputs, dict) else inputs
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+        raise UserError(
+            "DistillConfig.tokens: the training batches carry no token ids (an integer tensor or "
+            "an `input_ids` entry); bound the run with max_steps instead"
+        )
+    return int(ids.numel())
+
+
+def step_budget(config: DistillConfig, first_batch: Any) -> int | None:
+    """The optimizer steps `config.max_steps` and `config.tokens` allow (the smaller); None: no bound."""
+    bounds = [config.max_steps] if config.max_steps is not None else []
+    if config.tokens is not None:
+        bounds.append(-(-config.tokens // batch_tokens(first_batch)))
+    return min(bounds) if bounds else None
 
 
 def attention_gap(student: nn.Module, teacher: nn.Module, inputs: Any, attention: Sequence[str]) -> float:

@@ -123,6 +123,11 @@ class DistillSpec(StageSpec):
     alpha: float = Field(DistillConfig.alpha, ge=0, le=1)
     """Weight of the distillation term; 1 - alpha weights the hard-label loss."""
     epochs: int = Field(1, ge=0, le=10_000)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (the lr schedule ends there); null: `epochs` decide."""
+    tokens: int | None = Field(None, ge=1)
+    """Training-token budget (token ids per batch x steps), e.g. 5% of a language model's
+    pretraining tokens; the smaller of this, `max_steps` and `epochs` wins."""
     lr: float | None = Field(None, gt=0, le=10)
     """Peak learning rate; null: the task's `lr`, else 1e-3."""
     warmup: float = Field(DistillConfig.warmup, ge=0, lt=1)
@@ -153,6 +158,8 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
         features=tuple(spec.features),
         attention=tuple(spec.attention),
         attention_weight=spec.attention_weight,
+        max_steps=spec.max_steps,
+        tokens=spec.tokens,
     )
     task = ctx.task
     regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []

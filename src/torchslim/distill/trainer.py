@@ -80,6 +80,7 @@ def fit(
     seed: int = 0,
     higher_is_better: bool = True,
     keep_start: bool = False,
+    max_steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place. `loader(epoch)` returns that epoch's batches. Returns per-epoch history.
 
@@ -91,11 +92,15 @@ def fit(
     started; the start's metric is the history's first record's `start_metric`). With `checkpoint`,
     the state is saved there after every epoch and a run finding one resumes from it.
     Under torchrun the model trains data-parallel (see `torchslim.distill.distributed`).
+    `max_steps` bounds the optimizer steps (a step or token budget): the schedule is fitted to it and
+    training stops there, inside an epoch if need be (that epoch is recorded as the last).
     """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * sum(1 for _ in shard(loader(0))))
+    budget = None if max_steps is None else min(total, max_steps)
+    total = budget or total
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     history: list[dict[str, float]] = []
     start, step = 0, 0
@@ -123,9 +128,13 @@ def fit(
     advance = progress("training", total)
     advance(step)
     for epoch in range(start, epochs):
+        if budget is not None and step >= budget:  # spent (also when resuming a finished run)
+            break
         trained.train()
         running, seen = 0.0, 0
         for batch in shard(loader(epoch)):
+            if budget is not None and step >= budget:
+                break
             loss = _step(trained, model, batch, loss_fn, optimizer, callbacks)
             scheduler.step()
             step += 1
