@@ -266,3 +266,13 @@ def test_exporter_writes_out_model_gguf(ckpt: Path, tmp_path: Path) -> None:
         path == tmp_path / "model.gguf" and _read(path)[1]["blk.0.attn_v.weight"].tensor_type.name == "Q4_0"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_shipped_llama_int4_recipe_validates_and_asks_for_q4_0_compatible_grids() -> None:
+    from torchslim.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "llama-int4.yaml")
+    assert recipe.model == "zoo:llama-pydocs" and {"hf", "gguf"} <= set(recipe.output.formats)
+    (name, spec), *_ = recipe.stages
+    assert name == "quantize"
+    assert (spec.bits, spec.weights, spec.symmetric) == (4, "per_group", True) and spec.group_size % 32 == 0
