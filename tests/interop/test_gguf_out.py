@@ -89,11 +89,14 @@ def _field(reader: Any, key: str) -> Any:
     return reader.fields[key].contents()
 
 
-@pytest.mark.parametrize(("bits", "qtype"), [(4, "Q4_0"), (8, "Q8_0"), (3, "Q4_0")])
-def test_symmetric_grids_read_back_as_our_exact_values(
-    ckpt: Path, tmp_path: Path, bits: int, qtype: str
+@pytest.mark.parametrize(
+    ("bits", "symmetric", "qtype"),
+    [(4, True, "Q4_0"), (8, True, "Q8_0"), (3, True, "Q4_0"), (5, False, "Q8_0")],
+)
+def test_grids_read_back_as_our_exact_values(
+    ckpt: Path, tmp_path: Path, bits: int, symmetric: bool, qtype: str
 ) -> None:
-    model = _model(ckpt, fp16_scales=True, **{**Q4, "bits": bits})
+    model = _model(ckpt, fp16_scales=True, **{**Q4, "bits": bits, "symmetric": symmetric})
     notes = save_gguf(model, tmp_path / "m.gguf")
     reader, tensors = _read(tmp_path / "m.gguf")
     assert notes == {"dequantized": {}}
@@ -112,7 +115,7 @@ def test_symmetric_grids_read_back_as_our_exact_values(
         assert np.array_equal(_values(tensors[name]), ours), name
     norm = model.get_submodule(f"{layer}.input_layernorm").weight.detach().numpy()
     assert np.array_equal(tensors["blk.1.attn_norm.weight"].data, norm)
-    assert _field(reader, "general.file_type") == {4: 2, 8: 7, 3: 2}[bits]
+    assert _field(reader, "general.file_type") == {"Q4_0": 2, "Q8_0": 7}[qtype]
 
 
 def test_q4_0_blocks_hold_our_integers_and_fp16_scales(ckpt: Path, tmp_path: Path) -> None:
