@@ -125,7 +125,8 @@ def cpp_quantize(src: Path, dest: Path, ftype: int, imatrix: dict[str, np.ndarra
             entry.name = name.encode()
             entry.data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
             entry.size = data.size
-        params.imatrix = entries  # the last entry stays zeroed: name NULL ends the list
+        # the last entry stays zeroed: its NULL name ends the list
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(lc.llama_cpp.llama_model_imatrix_data))
         keep.append(entries)
     rc = lc.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
     if rc:
