@@ -44,6 +44,8 @@ SOURCES.register("hf", _lazy("torchslim.interop.hf", "build"))
 EXPORTERS.register("hf", _lazy("torchslim.interop.hf", "write_hf"))
 SOURCE_FALLBACKS.append(_lazy("torchslim.interop.hf", "record_source"))
 FORMAT_CHECKS.register("hf", _lazy("torchslim.interop.hf", "require_transformers"))
+EXPORTERS.register("gguf", _lazy("torchslim.interop.gguf_out", "write_gguf"))
+FORMAT_CHECKS.register("gguf", _lazy("torchslim.interop.gguf_out", "check_gguf"))
 
 
 def check_formats(model: nn.Module, formats: list[str]) -> None:
