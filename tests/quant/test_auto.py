@@ -75,6 +75,13 @@ def test_dynamic_int8_smooths_outliers_when_that_measures_better() -> None:
     assert set(errors) == {str(a) for a in auto.SMOOTHING_CHOICES}
     assert result.chosen["smoothing"] > 0 and errors[str(result.chosen["smoothing"])] < 0.5 * errors["0.0"]
     assert result.quantized["0"]["smooth"] is True
+    # the float weight a writer reads (hf output, metrics) acts on the raw input: smoothing folded back
+    layer = model[0]
+    weight = dict(layer.effective_weights())["weight"]
+    assert not torch.allclose(layer.smooth, torch.ones_like(layer.smooth))
+    layer.set_compute("float")
+    with torch.no_grad():
+        assert torch.allclose(nn.functional.linear(x, weight, layer.bias), layer(x), atol=1e-4)
 
 
 def test_smoothing_auto_is_off_without_data_and_for_static_activations() -> None:

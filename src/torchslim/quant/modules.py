@@ -174,7 +174,8 @@ class QuantModule(nn.Module):
         return dequantize_weight(self.int_weight(), self.w_scale, self._zero(), self.spec)
 
     def effective_weights(self) -> list[tuple[str, torch.Tensor]]:
-        out = [("weight", self.weight)]
+        """The weights acting on the layer's own input (smoothing folded back), for float writers."""
+        out = [("weight", self._float_weight())]
         return out + ([("bias", self.bias)] if self.bias is not None else [])
 
     # -- activations ----------------------------------------------------------------------------
