@@ -37,8 +37,9 @@ def gpt2(**overrides: Any) -> nn.Module:
 
 
 def llama(**overrides: Any) -> nn.Module:
+    """A tiny Llama; `overrides` replace any of its settings."""
     t = _transformers()
-    config = t.LlamaConfig(
+    settings: dict[str, Any] = dict(
         vocab_size=64,
         hidden_size=32,
         intermediate_size=64,
@@ -46,9 +47,8 @@ def llama(**overrides: Any) -> nn.Module:
         num_attention_heads=4,
         num_key_value_heads=2,  # grouped-query attention: 2 query heads per kv head
         max_position_embeddings=32,
-        **overrides,
     )
-    return t.LlamaForCausalLM(config)
+    return t.LlamaForCausalLM(t.LlamaConfig(**(settings | overrides)))
 
 
 def vit(**overrides: Any) -> nn.Module:

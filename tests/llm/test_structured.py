@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+import tiny_hf
 import torchslim as ts
 from torchslim.errors import UserError
 from torchslim.llm.structured import (
@@ -30,14 +31,8 @@ def _data(n: int = 4, vocab: int = 64) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def llama() -> torch.nn.Module:
-    import transformers
-
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=4, max_position_embeddings=32,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()  # 8 query heads over 2 kv heads
+    return tiny_hf.llama(num_attention_heads=8, head_dim=4).eval()  # 8 query heads over 2 kv heads
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
