@@ -49,9 +49,16 @@ def our_config(bits: int, group: int | None, method: str) -> ts.QuantConfig:
 
 
 def peer_scheme(bits: int, group: int | None) -> dict[str, Any]:
-    weights = {"num_bits": bits, "type": "int", "symmetric": True,
-               "strategy": "group" if group else "channel", "group_size": group}  # fmt: skip
-    return {"group_0": {"targets": ["Linear"], "weights": weights}}
+    """llm-compressor refuses groups that don't divide a layer's columns (down_proj's 688 inputs):
+    there, as torchslim does, down_proj is quantized per channel."""
+
+    def weights(strategy: str, size: int | None) -> dict[str, Any]:
+        return {"num_bits": bits, "type": "int", "symmetric": True, "strategy": strategy, "group_size": size}
+
+    if not group:
+        return {"group_0": {"targets": ["Linear"], "weights": weights("channel", None)}}
+    return {"group_0": {"targets": ["re:.*(q|k|v|o|gate|up)_proj$"], "weights": weights("group", group)},
+            "group_1": {"targets": ["re:.*down_proj$"], "weights": weights("channel", None)}}  # fmt: skip
 
 
 def peer_quantize(
@@ -156,7 +163,8 @@ def llama(quick: bool) -> Table:
     )
     table.notes.append(
         f"intermediate size {facts['intermediate']} is not a multiple of 64 or 128: torchslim quantizes "
-        "down_proj per channel in the grouped settings (llm-compressor uses a ragged last group)"
+        "down_proj per channel in the grouped settings, and so does llm-compressor here (it refuses "
+        "ragged groups)"
     )
     table.notes.append("W8A8 here is simulated in PyTorch (dynamic activation grids, integer weights)")
     return table
