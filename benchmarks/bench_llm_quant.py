@@ -28,7 +28,7 @@ from typing import Any
 import torch.nn as nn
 
 import torchslim as ts
-from benchmarks.bench_llm_sparse import PEERS, _input_ids, peer_available
+from benchmarks.bench_llm_sparse import PEERS, _input_ids, peer_available, peer_oneshot
 from benchmarks.harness import Table, benchmark
 
 SETTINGS: list[tuple[str, int, int | None]] = [
@@ -59,23 +59,6 @@ def peer_scheme(bits: int, group: int | None) -> dict[str, Any]:
         return {"group_0": {"targets": ["Linear"], "weights": weights("channel", None)}}
     return {"group_0": {"targets": ["re:.*(q|k|v|o|gate|up)_proj$"], "weights": weights("group", group)},
             "group_1": {"targets": ["re:.*down_proj$"], "weights": weights("channel", None)}}  # fmt: skip
-
-
-def peer_quantize(
-    hf_model: nn.Module, modifier: Any, batches: list[Any], processor: Any
-) -> tuple[Any, float]:
-    """llm-compressor's oneshot with `modifier` on a from_pretrained copy: (model, seconds)."""
-    from llmcompressor import oneshot
-    from torch.utils.data import DataLoader
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        model = type(hf_model).from_pretrained(tmp).eval()
-        samples = sum(int(b["input_ids"].shape[0]) for b in batches)
-        start = time.perf_counter()
-        oneshot(model=model, dataset=DataLoader(batches, batch_size=None), recipe=modifier,
-                num_calibration_samples=samples, processor=processor)  # fmt: skip
-        return model, time.perf_counter() - start
 
 
 def peer_modifiers(bits: int, group: int | None, ignore: list[str]) -> dict[str, Any]:
@@ -131,12 +114,12 @@ def llama_perplexities(
             ours(f"{label} | torchslim {method}", our_config(bits, group, method))
         if use_peers:
             for name, modifier in peer_modifiers(bits, group, ["lm_head"]).items():
-                model, sec = peer_quantize(base, modifier, batches, task.tokenizer)
+                model, sec = peer_oneshot(base, modifier, batches, task.tokenizer)
                 secs[f"{label} | {name}"], out[f"{label} | {name}"] = sec, ppl(model)
     ours("w4 defaults | torchslim QuantConfig(bits=4)", ts.QuantConfig(bits=4))
     ours("w8a8 | torchslim smoothquant+rtn", ts.QuantConfig(bits=8, activations="dynamic"))
     if use_peers:
-        model, sec = peer_quantize(base, peer_w8a8(["lm_head"]), batches, task.tokenizer)
+        model, sec = peer_oneshot(base, peer_w8a8(["lm_head"]), batches, task.tokenizer)
         secs["w8a8 | llm-compressor smoothquant+gptq"] = sec
         out["w8a8 | llm-compressor smoothquant+gptq"] = ppl(model)
     calib = sum(int(b["input_ids"].shape[0]) for b in batches)

@@ -71,14 +71,20 @@ def peer(
     """llm-compressor's oneshot on a from_pretrained copy of `hf_model`: (pruned model, seconds)."""
     if str(PEERS) not in sys.path:
         sys.path.append(str(PEERS))  # appended: the environment's own packages win
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import WandaPruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
-    from torch.utils.data import DataLoader
 
     cls = {"sparsegpt": SparseGPTModifier, "wanda": WandaPruningModifier}[method]
     recipe = cls(sparsity=0.5 if pattern else sparsity, mask_structure=pattern or "0:0", targets=["Linear"],
                  ignore=ignore)  # fmt: skip
+    return peer_oneshot(hf_model, recipe, batches, processor)
+
+
+def peer_oneshot(hf_model: nn.Module, recipe: Any, batches: list[Any], processor: Any) -> tuple[Any, float]:
+    """llm-compressor's oneshot with `recipe` on a from_pretrained copy of `hf_model`: (model, seconds)."""
+    from llmcompressor import oneshot
+    from torch.utils.data import DataLoader
+
     with tempfile.TemporaryDirectory() as tmp:
         hf_model.save_pretrained(tmp)
         model = type(hf_model).from_pretrained(tmp).eval()
