@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +85,36 @@ def peer_w8a8(ignore: list[str]) -> Any:
 Setting = tuple[str, int, "int | None"]
 
 
+def eval_windows(task: Any, quick: bool) -> list[Any]:
+    """The test windows every llama-pydocs quantization row is scored on."""
+    return list(task.test_windows[: 16 if quick else EVAL_WINDOWS])
+
+
+def calibration(task: Any, quick: bool) -> list[Any]:
+    return list(task.calibration_loader(batches=2 if quick else CALIB_BATCHES))
+
+
+Keep = Callable[[str, nn.Module], None]
+
+
 def llama_perplexities(
-    quick: bool = False, settings: list[Setting] | None = None, peers: bool = True
+    quick: bool = False,
+    settings: list[Setting] | None = None,
+    peers: bool = True,
+    methods: tuple[str, ...] = OURS,
+    extras: bool = True,
+    keep: Keep | None = None,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
-    """`{"<setting> | <method>": perplexity}`, `{same key: seconds}` and facts (dense, windows)."""
+    """`{"<setting> | <method>": perplexity}`, `{same key: seconds}` and facts (dense, windows).
+
+    `methods` are ours to run per setting, `extras` adds the defaults and W8A8 rows; `keep(key, model)`
+    sees each of our quantized models (e.g. to write it as GGUF) before it is dropped."""
     from torchslim.tasks import lm as lm_metrics
 
     task = ts.zoo.get("llama-pydocs")
     base = task.model().eval()
-    data = list(task.calibration_loader(batches=2 if quick else CALIB_BATCHES))
-    windows = task.test_windows[: 16 if quick else EVAL_WINDOWS]
+    data = calibration(task, quick)
+    windows = eval_windows(task, quick)
 
     def ppl(model: nn.Module) -> float:
         return float(lm_metrics.perplexity(model, windows))
@@ -108,17 +129,20 @@ def llama_perplexities(
         start = time.perf_counter()
         ts.quantize_(model, config, data=data)
         secs[key], out[key] = time.perf_counter() - start, ppl(model)
+        if keep is not None:
+            keep(key, model)
 
     for label, bits, group in settings or (SETTINGS[:1] if quick else SETTINGS):
-        for method in OURS:
+        for method in methods:
             ours(f"{label} | torchslim {method}", our_config(bits, group, method))
         if use_peers:
             for name, modifier in peer_modifiers(bits, group, ["lm_head"]).items():
                 model, sec = peer_oneshot(base, modifier, batches, task.tokenizer)
                 secs[f"{label} | {name}"], out[f"{label} | {name}"] = sec, ppl(model)
-    ours("w4 defaults | torchslim QuantConfig(bits=4)", ts.QuantConfig(bits=4))
-    ours("w8a8 | torchslim smoothquant+rtn", ts.QuantConfig(bits=8, activations="dynamic"))
-    if use_peers:
+    if extras:
+        ours("w4 defaults | torchslim QuantConfig(bits=4)", ts.QuantConfig(bits=4))
+        ours("w8a8 | torchslim smoothquant+rtn", ts.QuantConfig(bits=8, activations="dynamic"))
+    if use_peers and extras:
         model, sec = peer_oneshot(base, peer_w8a8(["lm_head"]), batches, task.tokenizer)
         secs["w8a8 | llm-compressor smoothquant+gptq"] = sec
         out["w8a8 | llm-compressor smoothquant+gptq"] = ppl(model)
