@@ -153,8 +153,9 @@ def _ordered(dense: Row, ours: dict[str, Row], ppls: dict[str, float], secs: dic
     for setting in settings:
         for key, value in ppls.items():
             if key.startswith(f"{setting} | "):
-                row = ours.get(key, {"setting": setting, "method": key.split(" | ")[1]})
-                rows.append(row | {"torch": value, "seconds": secs[key]})
+                named = {"setting": setting, "method": key.split(" | ")[1], "torch": value}
+                named["seconds"] = secs[key]
+                rows.append(ours.get(key, {}) | named)
         rows.extend(r for r in cpp if r["setting"] == setting)
     return rows + [r for r in cpp if r["setting"] not in settings]
 
