@@ -39,8 +39,9 @@ class ChannelSpec(StageSpec):
     importance: str = "l2"
     """Group criterion: l1, l2, magnitude, taylor, entropy, bn_scale, random or a registered one."""
     scope: Literal["layer", "global"] = "layer"
-    round_to: int = Field(1, ge=1)
-    """Remaining channel counts are multiples of this."""
+    round_to: int | None = Field(None, ge=1)
+    """Remaining channel counts are multiples of this; null: 4 for convolutions of 32 channels or more
+    (onnxruntime's blocked kernels), none elsewhere (see `ChannelConfig.round_to`)."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     """Modules whose output channels all stay; their inputs may still be cut (see exclude_mode)."""

@@ -64,6 +64,8 @@ class Group:
     """Channels per unit in the group's producing layer (heads: head_dim; GroupNorm: group size)."""
     block: bool = False
     """Made by a registered transformer block (`heads.py`); `name` is then the block's module path."""
+    conv: bool = False
+    """Produced by a convolution (whose runtime kernels may want channel counts in multiples)."""
 
 
 @dataclass

@@ -80,3 +80,18 @@ def test_baseline_recognises_held_out_voices() -> None:
     task = zoo.get("kws-digits")
     assert len(task.data["y_train"]) == 2464 and len(task.data["y_test"]) == 704
     assert task.evaluate(task.model()) > 0.9
+
+
+def test_the_example_is_one_streaming_call_and_default_pruning_keeps_blocked_widths() -> None:
+    """A run's runtime choice and latencies are per chunk (batch 1), and channel pruning with its
+    defaults leaves the DS-CNN widths onnxruntime's blocked kernels take (37 channels: 2.6x slower)."""
+    import torch.nn as nn
+
+    import torchslim as ts
+
+    task = _tiny_task()
+    assert task.example_inputs.shape == (1, 1, 31, 40) and torch.equal(task.example_inputs, task.chunk_inputs)
+    model = DSCNN()
+    ts.prune_(model, ts.ChannelConfig(ratio=0.42), example_inputs=task.example_inputs)
+    widths = {m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
+    assert widths == {36}  # 64 * 0.58 = 37.1, rounded to a multiple of 4
