@@ -276,3 +276,44 @@ def test_applications_model_matches_keras(name: str, tmp_path: Path) -> None:
         ours = net(to_torch(x)).numpy()
     assert float(np.abs(expected).max()) > 0.1
     assert np.abs(ours - expected).max() < 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+def _padding_pooling_bn(inp: Any) -> Any:
+    x = L.Conv2D(4, 3, strides=2, padding="same")(inp)  # 8 px, stride 2: 'same' pads (0, 1)
+    x = L.BatchNormalization(epsilon=1.001e-5)(x)
+    x = L.AveragePooling2D(3, strides=1, padding="same")(x)  # the border averages real elements only
+    x = L.MaxPooling2D(3, strides=2, padding="same")(L.ZeroPadding2D(((1, 0), (0, 1)))(x))
+    x = L.DepthwiseConv2D(3, strides=2, padding="same")(x)
+    return L.Dense(5)(L.GlobalAveragePooling2D()(x))
+
+
+def test_conversion_is_exact_in_float64(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float64 shows a wrong epsilon, padding or pooling count that float32 rounding would hide."""
+    from keras.src import backend
+    from keras.src.backend.common import dtypes
+
+    inp = L.Input((8, 8, 3))
+    model = functional(inp, _padding_pooling_bn(inp), "exact")
+    net, _ = check(model, tmp_path)
+    real = dtypes.result_type
+
+    def promote(*types: Any) -> Any:  # Keras promotes float64 with float32 to float32 (BN, mean)
+        return "float64" if any("float64" in str(t) for t in types) else real(*types)
+
+    monkeypatch.setattr(dtypes, "result_type", promote)
+    monkeypatch.setattr(backend, "result_type", promote)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        inp = L.Input((8, 8, 3))
+        copy = functional(inp, _padding_pooling_bn(inp), "exact64")
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    # float32 values: Keras' Input casts to float32
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 3)).astype(np.float32).astype(np.float64)
+    expected = np.asarray(keras.ops.convert_to_numpy(copy(x, training=False)))
+    with torch.no_grad():
+        ours = to_keras(net.double()(to_torch(x)))
+    assert ours.dtype == expected.dtype == np.float64
+    assert np.abs(ours - expected).max() < 1e-12 * np.abs(expected).max()
