@@ -167,3 +167,26 @@ def test_default_4_bit_groups_beat_the_old_symmetric_g128_default() -> None:
         with torch.no_grad():
             errors[label] = float((model(x) - ref).pow(2).mean() / ref.pow(2).mean())
     assert errors["default"] < 0.7 * errors["old"]
+
+
+def _bert() -> nn.Module:
+    import transformers
+
+    torch.manual_seed(0)
+    sizes = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 64, "max_position_embeddings": 32}  # fmt: skip
+    config = transformers.BertConfig(**sizes)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+def test_auto_tunes_the_blocks_when_only_block_linears_are_selected() -> None:
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randint(0, 64, (2, 12), generator=gen),) for _ in range(3)]
+    blocks = ts.QuantConfig(bits=4, weights="per_group", group_size=16, include=("encoder.layer.*",))
+    result = ts.quantize_(_bert(), blocks, data)
+    assert result.chosen["linear_rounding"] == {"gptq+tune": 12}
+    assert set(result.chosen["block_tuning"]) == {"encoder.layer.0", "encoder.layer.1"}
+    everything = ts.quantize_(_bert(), blocks.replace(include=()), data)  # embeddings too: one pass, GPTQ
+    assert everything.chosen["linear_rounding"] == {"gptq": 12} and "block_tuning" not in everything.chosen
+    eight = ts.quantize_(_bert(), blocks.replace(bits=8), data)
+    assert eight.chosen["linear_rounding"] == {"nearest": 12}
