@@ -246,8 +246,8 @@ class QuantConfig(BaseConfig):
     the same scales, then gptq. `gptq+tune`: gptq, then each transformer block's rounding offsets and
     group scales tuned for the block's output error (`torchslim.quant.tune`; block Linears only, through
     the layer-by-layer engine). `auto`: gptq for layers of 4 bits or fewer when calibration data is given
-    (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930 for rtn), else rtn; gptq+tune instead where
-    every selected layer is a Linear of a transformer's blocks (see `torchslim.quant.auto`)."""
+    (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930 for rtn), else rtn (gptq+tune is not picked:
+    it measured below gptq on MiniLM, see `torchslim.quant.auto`)."""
     smoothing: float | Literal["auto"] = "auto"
     """SmoothQuant alpha for Linear layers (0: off): activation outliers divided out per input channel and
     folded into the weights; needs calibration data. `auto`: with dynamic activations and calibration data,

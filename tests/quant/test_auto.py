@@ -179,14 +179,18 @@ def _bert() -> nn.Module:
     return transformers.BertModel(config, add_pooling_layer=False).eval()
 
 
-def test_auto_tunes_the_blocks_when_only_block_linears_are_selected() -> None:
+@pytest.mark.parametrize("auto_tunes", [False, True])
+def test_block_tuning_runs_on_an_encoder_stack_and_auto_picks_it_only_when_enabled(
+    auto_tunes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auto, "AUTO_TUNES", auto_tunes)
     gen = torch.Generator().manual_seed(1)
     data = [(torch.randint(0, 64, (2, 12), generator=gen),) for _ in range(3)]
     blocks = ts.QuantConfig(bits=4, weights="per_group", group_size=16, include=("encoder.layer.*",))
+    tuned = ts.quantize_(_bert(), blocks.replace(method="gptq+tune"), data)
+    assert tuned.chosen["linear_rounding"] == {"gptq+tune": 12}
+    assert set(tuned.chosen["block_tuning"]) == {"encoder.layer.0", "encoder.layer.1"}
     result = ts.quantize_(_bert(), blocks, data)
-    assert result.chosen["linear_rounding"] == {"gptq+tune": 12}
-    assert set(result.chosen["block_tuning"]) == {"encoder.layer.0", "encoder.layer.1"}
+    assert result.chosen["linear_rounding"] == ({"gptq+tune": 12} if auto_tunes else {"gptq": 12})
     everything = ts.quantize_(_bert(), blocks.replace(include=()), data)  # embeddings too: one pass, GPTQ
     assert everything.chosen["linear_rounding"] == {"gptq": 12} and "block_tuning" not in everything.chosen
-    eight = ts.quantize_(_bert(), blocks.replace(bits=8), data)
-    assert eight.chosen["linear_rounding"] == {"nearest": 12}
