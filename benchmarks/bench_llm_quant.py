@@ -5,8 +5,8 @@
   llm-compressor's `ignore=["lm_head"]`), symmetric grids at per-channel 4 and 3 bits, 2 bits g64 and
   4 bits g128, plus W8A8 (SmoothQuant + dynamic activations) and a defaults row (`QuantConfig(bits=4)`).
   Perplexity on the first `EVAL_WINDOWS` test windows (the same for every row).
-- `llm_quant_minilm`: the pretrained MiniLM, encoder Linears at int4 g128 and int3 g128 weight-only;
-  cosine to the fp32 embeddings on the held sentences.
+- `llm_quant_minilm`: the pretrained MiniLM, encoder Linears at int4 g128 and int3 g128 weight-only
+  (also `gptq+tune`, the block-tuned GPTQ); cosine to the fp32 embeddings on the held sentences.
 
 `llama_perplexities(settings)` returns `{row name: perplexity}` so other comparisons (llama.cpp's
 quantizers) can add their rows beside these. llm-compressor is imported from `/work/peers/llmc`
@@ -40,6 +40,11 @@ SETTINGS: list[tuple[str, int, int | None]] = [
 ]
 """(label, bits, group size or None for per channel); symmetric grids, as llm-compressor's W4A16."""
 OURS = ("rtn", "gptq", "awq", "awq+gptq")
+MINILM_METHODS = tuple(
+    m for m in os.environ.get("TORCHSLIM_MINILM_METHODS", ",".join((*OURS, "gptq+tune"))).split(",") if m
+)
+"""The explicit methods of `llm_quant_minilm` (the defaults row always runs); a comma list in
+TORCHSLIM_MINILM_METHODS runs only those (empty: only the defaults), where the shared CPU is slow."""
 EVAL_WINDOWS = 64
 CALIB_BATCHES = 8
 
@@ -186,7 +191,7 @@ def minilm(quick: bool) -> Table:
                   ["setting", "method", "cosine", "seconds"])  # fmt: skip
     include = ("bert.encoder.layer.*",)
     for label, bits in (("int4 g128", 4), ("int3 g128", 3)):
-        for method in OURS:
+        for method in MINILM_METHODS:
             model = copy.deepcopy(base)
             config = ts.QuantConfig(
                 bits=bits, weights="per_group", group_size=128, method=method, include=include

@@ -197,7 +197,7 @@ class ChannelConfig(BaseConfig):
         )
 
 
-METHODS = ("auto", "rtn", "gptq", "awq", "awq+gptq")
+METHODS = ("auto", "rtn", "gptq", "awq", "awq+gptq", "gptq+tune")
 """`QuantConfig.method` values (weight rounding)."""
 
 
@@ -238,13 +238,16 @@ class QuantConfig(BaseConfig):
     """8-bit weights on half the grid ([-63, 63]), as onnxruntime's `reduce_range`: x86 integer kernels
     without VNNI sum pairs of u8*s8 products in int16 and saturate on the full grid. None: on whenever
     activations are quantized (the model runs on integer kernels), off for weight-only."""
-    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq"] = "auto"
+    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq", "gptq+tune"] = "auto"
     """Weight rounding (kind int). `rtn`: round to nearest. `gptq`: each column's rounding error spread over
     the columns not yet rounded, weighted by the inputs' Hessian (Linear layers; needs calibration data).
     `awq`: activation-aware per-input-channel scales `act^a / w^(1-a)`, `a` searched per layer (per group
     of layers reading one input) for the least output error, then rtn on the scaled weights; `awq+gptq`:
-    the same scales, then gptq. `auto`: gptq for layers of 4 bits or fewer when calibration data is given
-    (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930 for rtn), else rtn."""
+    the same scales, then gptq. `gptq+tune`: gptq, then each transformer block's rounding offsets and
+    group scales tuned for the block's output error (`torchslim.quant.tune`; block Linears only, through
+    the layer-by-layer engine). `auto`: gptq for layers of 4 bits or fewer when calibration data is given
+    (MiniLM 4-bit per_group g128: cosine 0.965 against 0.930 for rtn), else rtn (gptq+tune is not picked:
+    it measured below gptq on MiniLM, see `torchslim.quant.auto`)."""
     smoothing: float | Literal["auto"] = "auto"
     """SmoothQuant alpha for Linear layers (0: off): activation outliers divided out per input channel and
     folded into the weights; needs calibration data. `auto`: with dynamic activations and calibration data,

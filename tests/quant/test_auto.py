@@ -167,3 +167,30 @@ def test_default_4_bit_groups_beat_the_old_symmetric_g128_default() -> None:
         with torch.no_grad():
             errors[label] = float((model(x) - ref).pow(2).mean() / ref.pow(2).mean())
     assert errors["default"] < 0.7 * errors["old"]
+
+
+def _bert() -> nn.Module:
+    import transformers
+
+    torch.manual_seed(0)
+    sizes = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 64, "max_position_embeddings": 32}  # fmt: skip
+    config = transformers.BertConfig(**sizes)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("auto_tunes", [False, True])
+def test_block_tuning_runs_on_an_encoder_stack_and_auto_picks_it_only_when_enabled(
+    auto_tunes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auto, "AUTO_TUNES", auto_tunes)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randint(0, 64, (2, 12), generator=gen),) for _ in range(3)]
+    blocks = ts.QuantConfig(bits=4, weights="per_group", group_size=16, include=("encoder.layer.*",))
+    tuned = ts.quantize_(_bert(), blocks.replace(method="gptq+tune"), data)
+    assert tuned.chosen["linear_rounding"] == {"gptq+tune": 12}
+    assert set(tuned.chosen["block_tuning"]) == {"encoder.layer.0", "encoder.layer.1"}
+    result = ts.quantize_(_bert(), blocks, data)
+    assert result.chosen["linear_rounding"] == ({"gptq+tune": 12} if auto_tunes else {"gptq": 12})
+    everything = ts.quantize_(_bert(), blocks.replace(include=()), data)  # embeddings too: one pass, GPTQ
+    assert everything.chosen["linear_rounding"] == {"gptq": 12} and "block_tuning" not in everything.chosen

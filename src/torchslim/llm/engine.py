@@ -11,6 +11,8 @@ The loop (llm-compressor's "layer sequential" pipeline, without its session glob
    those outputs become the next block's inputs (errors of earlier blocks are seen and compensated
    by later ones, as in SparseGPT and GPTQ); the block is then released (`LayerStore.release`: written
    out and offloaded to the meta device by a checkpoint store).
+   A `BlockTuner` method (`gptq+tune`) also refines each compressed block towards the uncompressed
+   model's own block outputs, from a second stream of hidden states the loop carries beside.
 Only one block's weights and the cached hidden states are ever resident besides the embeddings.
 Peak resident memory is the process's high-water mark (`resource.getrusage`), reported with the run.
 """
@@ -20,9 +22,9 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -42,6 +44,19 @@ class Method(Protocol):
 
     def apply(self, name: str, module: nn.Module) -> None:
         """Compress `module` from what was observed; called once per Linear after the block's pass."""
+        ...
+
+
+@runtime_checkable
+class BlockTuner(Protocol):
+    """A method that also refines each whole block after `apply` (`torchslim.quant.tune`)."""
+
+    def refine(
+        self, block: nn.Module, run: Callable[[int], torch.Tensor], targets: list[torch.Tensor]
+    ) -> None:
+        """Adjust the compressed `block` so that `run(i)` (it on calibration batch `i`, whose inputs
+        are the compressed earlier blocks' outputs) approaches `targets[i]`, the uncompressed model's
+        own output of this block on that batch."""
         ...
 
 
@@ -212,6 +227,8 @@ def run(
     try:
         cache = capture(model, stack, data, batches)
         report.batches = len(cache)
+        # a block tuner's targets: the uncompressed model's own stream of hidden states, kept beside
+        reference = [c.hidden for c in cache] if isinstance(method, BlockTuner) else None
         for index in range(len(stack.layers)):
             block = store.load(index, stack.layers[index])
             block.eval()
@@ -219,7 +236,9 @@ def run(
             cache = [_cast_inputs(c, dtype) for c in cache]
             prefix = stack.name(index)
             targets = {f"{prefix}.{n}": m for n, m in linears(block).items() if f"{prefix}.{n}" in selected}
-            cache, error = _process(block, cache, method, targets)
+            if reference is not None:
+                reference = _reference_outputs(block, cache, reference, dtype)
+            cache, error = _process(block, cache, method, targets, reference)
             report.output_error[prefix] = error
             store.release(index, block)
             return_freed_memory()
@@ -230,10 +249,23 @@ def run(
     return report
 
 
+def _reference_outputs(
+    block: nn.Module, cache: list[Captured], reference: list[torch.Tensor], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """The uncompressed block on the uncompressed stream's inputs (before `apply` touches it)."""
+    with torch.no_grad():
+        return [run_block(block, c.with_hidden(h.to(dtype))) for c, h in zip(cache, reference, strict=True)]
+
+
 def _process(
-    block: nn.Module, cache: list[Captured], method: Method, targets: dict[str, nn.Module]
+    block: nn.Module,
+    cache: list[Captured],
+    method: Method,
+    targets: dict[str, nn.Module],
+    reference: list[torch.Tensor] | None = None,
 ) -> tuple[list[Captured], float]:
-    """Observe, compress, re-run: the block's new outputs as the next inputs, and its relative error."""
+    """Observe, compress, re-run: the block's new outputs as the next inputs, and its relative error.
+    With `reference` (the uncompressed block's outputs), a `BlockTuner` refines the block after `apply`."""
     if not targets:  # nothing selected here: one pass carries the inputs on
         with torch.no_grad():
             return [c.with_hidden(run_block(block, c)) for c in cache], 0.0
@@ -246,6 +278,8 @@ def _process(
             h.remove()
     for name, module in targets.items():
         method.apply(name, module)
+    if reference is not None and isinstance(method, BlockTuner):
+        method.refine(block, lambda i: run_block(block, cache[i]), reference)
     num = den = 0.0
     out = []
     with torch.no_grad():

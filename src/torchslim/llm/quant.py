@@ -8,14 +8,18 @@ the norm or Linear that produces it (`torchslim.llm.fold`): AWQ's searched scale
 SmoothQuant's `absmax^a / wmax^(1-a)` (dynamic activations). Layers with nothing to fold into get no
 scale, so every quantized layer is a plain quantized Linear (what compressed-tensors stores).
 
-`quantize_layerwise` is `ts.quantize_` for a transformers causal LM: the blocks' Linears through the
-engine (bounded memory with a `ShardStore`), and what `include` selects outside the blocks (the
-embeddings, `lm_head`) rounded to nearest afterwards.
+`TuningQuantizer` (`method="gptq+tune"`) is the same, then tunes each whole block for its output error
+(`torchslim.quant.tune`), which the engine calls with the uncompressed model's block outputs.
+
+`quantize_layerwise` is `ts.quantize_` for a transformers causal LM (and for block tuning on any model
+with a stack of repeated blocks, e.g. MiniLM's encoder): the blocks' Linears through the engine
+(bounded memory with a `ShardStore`), and what `include` selects outside the blocks (the embeddings,
+`lm_head`) rounded to nearest afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -28,7 +32,7 @@ from torchslim.llm import engine
 from torchslim.llm.fold import fold, producer_of
 from torchslim.llm.layers import find_layers, linears
 from torchslim.llm.stats import Hessian
-from torchslim.quant import auto, awq
+from torchslim.quant import auto, awq, tune
 from torchslim.quant.calibrate import Calibration
 from torchslim.quant.ptq import (
     TRANSFORM,
@@ -124,6 +128,27 @@ class LayerQuantizer:
         return s
 
 
+class TuningQuantizer(LayerQuantizer):
+    """GPTQ per Linear, then the block's offsets and scales tuned (an engine `BlockTuner`)."""
+
+    def __init__(self, model: nn.Module, config: QuantConfig, smoothing: float) -> None:
+        super().__init__(model, config, smoothing)
+        self.needs_inputs = True
+        self.tuned: dict[str, dict[str, Any]] = {}
+
+    def refine(
+        self, block: nn.Module, run: Callable[[int], torch.Tensor], targets: list[torch.Tensor]
+    ) -> None:
+        report = tune.tune_block(block, run, targets)
+        if report is not None:
+            index = next(i for i, b in enumerate(self.stack.layers) if b is block)
+            self.tuned[self.stack.name(index)] = {
+                "error_gptq": round(report.before, 6),
+                "error_tuned": round(report.after, 6),
+                "kept": report.kept,
+            }
+
+
 def _weight(module: nn.Module) -> torch.Tensor:
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
@@ -141,6 +166,16 @@ def is_causal_lm(model: nn.Module) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__) and type(
         model
     ).__name__.endswith("ForCausalLM")
+
+
+def only_block_linears(model: nn.Module, config: QuantConfig) -> bool:
+    """Every layer `config` selects is a Linear inside the model's stack of repeated blocks."""
+    try:
+        inside = block_linears(model)
+    except UserError:  # no stack of repeated blocks
+        return False
+    selected, _ = select_layers(model, config)
+    return bool(selected) and all(n in inside for n in selected)
 
 
 def block_linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -167,6 +202,7 @@ def quantize_layerwise(
     if not targets:
         raise UserError("no Linear layer of the decoder blocks is selected; check include/exclude")
     outside = {n: m for n, m in selected.items() if n not in inside}
+    tuning = auto.tunes_blocks(config, data is not None, not outside)
     if not config.include:  # embeddings and lm_head only when asked for (as llm-compressor)
         kept.update(dict.fromkeys(outside, "outside the decoder blocks (name it in include to quantize)"))
         outside = {}
@@ -178,13 +214,15 @@ def quantize_layerwise(
         outside.update({n: selected[n] for n in sorted(targets)})
         result.chosen = {"linear_rounding": {"nearest": len(targets)}}
     else:
-        method = LayerQuantizer(model, config, smoothing)
+        method = (TuningQuantizer if tuning else LayerQuantizer)(model, config, smoothing)
         run = engine.run(model, data, method, targets, store=store, batches=calibration_batches)
         result.quantized = dict(method.quantized)
+        rounding = "gptq+tune" if tuning else auto.rounding_for(config, config.bits, True)
         result.chosen = {
-            "linear_rounding": {auto.rounding_for(config, config.bits, True): len(targets)},
+            "linear_rounding": {rounding: len(targets)},
             **({"smoothing": smoothing} if smoothing else {}),
             **({"awq_alpha": method.search} if method.awq else {}),
+            **({"block_tuning": method.tuned} if isinstance(method, TuningQuantizer) else {}),
             **run.notes(),
         }
     for name, mod in outside.items():
@@ -194,8 +232,9 @@ def quantize_layerwise(
 
 
 def _needs_no_data(config: QuantConfig, smoothing: float) -> None:
-    needs = [k for k, v in {"gptq": config.method in ("gptq", "awq+gptq"), "awq": auto.uses_awq(config),
-                            "smoothing": smoothing > 0}.items() if v]  # fmt: skip
+    gptq = config.method in ("gptq", "awq+gptq", "gptq+tune")
+    wanted = {"gptq": gptq, "awq": auto.uses_awq(config), "smoothing": smoothing > 0}
+    needs = [k for k, v in wanted.items() if v]
     if needs:
         raise UserError(f"{', '.join(needs)} need calibration data")
 

@@ -142,7 +142,7 @@ def quantize_(
     """
     check_bits(config.bits)
     config = _overrides(config, rounding, smoothing)
-    if layer_bits is None and _layerwise(model, config, data):
+    if layer_bits is None and (_layerwise(model, config, data) or _tuned(model, config, data)):
         from torchslim.llm.quant import quantize_layerwise
 
         return quantize_layerwise(model, config, data, calibration_batches=calibration_batches)
@@ -227,6 +227,15 @@ def _layerwise(model: nn.Module, config: QuantConfig, data: Iterable[Any] | None
     from torchslim.llm.quant import is_causal_lm
 
     return config.kind == "int" and config.activations != "static" and is_causal_lm(model)
+
+
+def _tuned(model: nn.Module, config: QuantConfig, data: Iterable[Any] | None) -> bool:
+    """Block tuning (`gptq+tune`, or `auto` where it applies) runs through the layer-by-layer engine."""
+    if config.kind != "int" or config.activations is not None or config.method not in ("auto", "gptq+tune"):
+        return False
+    from torchslim.llm.quant import only_block_linears
+
+    return auto.tunes_blocks(config, data is not None, only_block_linears(model, config))
 
 
 def _search_smoothing(

@@ -41,9 +41,10 @@ class QuantizeSpec(StageSpec):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     """Globs of layers kept in float (e.g. the first and last layers)."""
-    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq"] = "auto"
+    method: Literal["auto", "rtn", "gptq", "awq", "awq+gptq", "gptq+tune"] = "auto"
     """Weight rounding: rtn, gptq (error-compensating, Linear layers, uses calibration data), awq
-    (activation-aware input scales searched per layer, then rtn; awq+gptq: then gptq), or auto: gptq at 4
+    (activation-aware input scales searched per layer, then rtn; awq+gptq: then gptq), gptq+tune (gptq, then
+    each transformer block's rounding and scales tuned for its output error), or auto: gptq at 4
     bits and below when calibration data is at hand, rtn above (see `QuantConfig.method`)."""
     rounding: Literal["nearest", "gptq"] | None = None
     """Deprecated name of `method` (nearest = rtn); a recipe giving both is refused."""
@@ -123,7 +124,7 @@ class QuantizeSpec(StageSpec):
             config.kind == "int"
             and (
                 config.activations == "static"
-                or config.method in ("gptq", "awq", "awq+gptq")
+                or config.method in ("gptq", "awq", "awq+gptq", "gptq+tune")
                 or (config.method == "auto" and low_bits <= 4)
                 or (config.smoothing == "auto" and config.activations == "dynamic")
                 or (config.smoothing != "auto" and float(config.smoothing) > 0)
