@@ -246,7 +246,12 @@ def run(
 
 
 def _one_block(
-    stack: LayerStack, index: int, cache: list[Captured], method: Method, selected: set[str], store: LayerStore
+    stack: LayerStack,
+    index: int,
+    cache: list[Captured],
+    method: Method,
+    selected: set[str],
+    store: LayerStore,
 ) -> tuple[list[Captured], float]:
     """Load, process and release block `index`; a function of its own so that no reference to the block
     or its layers (a method may swap a Linear out: the old one keeps its float weight) outlives it."""
