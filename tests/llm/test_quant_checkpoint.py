@@ -39,6 +39,9 @@ def test_checkpoint_quantized_from_disk_matches_in_memory_quantization(source: P
     assert result.chosen["engine"] == "layer-by-layer" and len(result.quantized) == 14
     written = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert written["format"] == "pack-quantized" and written["ignore"] == ["lm_head"]
+    stored = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.mlp.up_proj.weight" not in stored  # the float weight is not copied as well
+    assert "model.layers.0.mlp.up_proj.weight_packed" in stored
     loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
     memory = transformers.AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
     ts.quantize_(memory, config, data=_data())
