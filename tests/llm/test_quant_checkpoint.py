@@ -39,6 +39,9 @@ def test_checkpoint_quantized_from_disk_matches_in_memory_quantization(source: P
     assert result.chosen["engine"] == "layer-by-layer" and len(result.quantized) == 14
     written = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert written["format"] == "pack-quantized" and written["ignore"] == ["lm_head"]
+    stored = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.mlp.up_proj.weight" not in stored  # the float weight is not copied as well
+    assert "model.layers.0.mlp.up_proj.weight_packed" in stored
     loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
     memory = transformers.AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
     ts.quantize_(memory, config, data=_data())
@@ -54,3 +57,32 @@ def test_checkpoint_quantization_refuses_what_it_cannot_write(source: Path, tmp_
         quantize_checkpoint(source, tmp_path / "o", ts.QuantConfig(bits=4, activations="dynamic"), _data())
     with pytest.raises(UserError, match="must not be the source"):
         quantize_checkpoint(source, source, ts.QuantConfig(bits=4), _data())
+
+
+def test_no_float_layer_outlives_its_block(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Linear swapped for a QuantLinear is freed with its block (held, it kept its float weight:
+    the whole model in float32 by the last block of a checkpoint larger than memory)."""
+    import gc
+    import weakref
+
+    from torchslim.llm import engine, quant
+
+    swapped: list[weakref.ref[torch.nn.Module]] = []
+    alive_after_block: list[int] = []
+    swap = quant.swap
+
+    def recording_swap(model: torch.nn.Module, name: str, module: torch.nn.Module, *args: object) -> object:
+        swapped.append(weakref.ref(module))
+        return swap(model, name, module, *args)  # type: ignore[arg-type]
+
+    def after_block() -> None:
+        gc.collect()
+        alive_after_block.append(sum(ref() is not None for ref in swapped))
+
+    monkeypatch.setattr(quant, "swap", recording_swap)
+    monkeypatch.setattr(engine, "return_freed_memory", after_block)
+    config = ts.QuantConfig(bits=4, weights="per_group", group_size=16, symmetric=True, method="rtn")
+    quantize_checkpoint(source, tmp_path / "out", config, _data())
+    assert len(swapped) == 14 and alive_after_block == [0, 0]

@@ -125,6 +125,7 @@ class ShardStore:
         self.stack = find_layers(model)
         self.written: dict[str, str] = {}
         self.dtypes: dict[str, torch.dtype] = {}
+        self.replaced: set[str] = set()
         self.out: Path | None = None
 
     def load(self, index: int, block: nn.Module) -> nn.Module:
@@ -154,6 +155,9 @@ class ShardStore:
         name = f"model-block-{index:05d}.safetensors"
         save_file(state, str(self.out / name), metadata={"format": "pt"})
         self.written.update(dict.fromkeys(state, name))
+        # the block's source tensors are replaced by what was written (a quantized layer's names differ)
+        prefix = f"{self.stack.name(index)}."
+        self.replaced.update(k for k in self.files if k.startswith(prefix))
         del state
         block.to("meta")
         gc.collect()
@@ -167,7 +171,7 @@ class ShardStore:
     def finish(self) -> None:
         """The tensors outside the blocks (copied as stored), the index and the config files."""
         assert self.out is not None
-        rest = [k for k in self.files if k not in self.written]
+        rest = [k for k in self.files if k not in self.written and k not in self.replaced]
         name = "model-rest.safetensors"
         save_file(read(self.source, rest, self.files), str(self.out / name), metadata={"format": "pt"})
         self.written.update(dict.fromkeys(rest, name))

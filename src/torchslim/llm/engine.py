@@ -13,7 +13,9 @@ The loop (llm-compressor's "layer sequential" pipeline, without its session glob
    out and offloaded to the meta device by a checkpoint store).
    A `BlockTuner` method (`gptq+tune`) also refines each compressed block towards the uncompressed
    model's own block outputs, from a second stream of hidden states the loop carries beside.
-Only one block's weights and the cached hidden states are ever resident besides the embeddings.
+Only one block's weights and the cached hidden states are ever resident (the embeddings only until the
+first block loads); nothing of a block is referenced once it is released, and with a store the heap is
+kept from holding freed pages (`bound_heap`, `return_freed_memory`).
 Peak resident memory is the process's high-water mark (`resource.getrusage`), reported with the run.
 """
 
@@ -31,7 +33,7 @@ import torch.nn as nn
 
 from torchslim.data import call, limit, split
 from torchslim.errors import UserError
-from torchslim.llm.layers import LayerStack, find_layers
+from torchslim.llm.layers import LayerStack, find_layers, linears
 
 
 class Method(Protocol):
@@ -128,6 +130,25 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc's `mallopt` parameter number for the size above which an allocation is its own mapping."""
+MMAP_THRESHOLD = 1 << 20
+
+
+def bound_heap() -> None:
+    """Every allocation of 1 MiB or more its own mapping, unmapped when freed (glibc `mallopt`).
+
+    glibc raises its mmap threshold each time a mapped chunk is freed (up to 32 MiB), so once a block's
+    16 MB weights are freed, later tensors of that size come from the heap arenas and the pages they
+    leave behind stay resident: at the 1 B shape the high-water mark rose by ~150 MB within a block and
+    more with every block. A fixed threshold turns that adjustment off for the rest of the process."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def return_freed_memory() -> None:
     """Give freed heap pages back to the system after each block (glibc's `malloc_trim`): blocks free
     hundreds of MB of tensors whose pages otherwise stay resident and mapped in the allocator's arenas."""
@@ -216,32 +237,24 @@ def run(
     batches: int | None = None,
 ) -> EngineReport:
     """Feed `method` the Linear layers named in `selected` (full model names), one block at a time."""
-    from torchslim.llm.layers import linears
-
     start = time.perf_counter()
     stack = find_layers(model)
     store = store or InMemory()
     was_training = model.training
     model.eval()
     report = EngineReport(blocks=len(stack.layers), batches=0, seconds=0.0, peak_rss_bytes=0)
+    if not isinstance(store, InMemory):  # bounded memory is the point of a store
+        bound_heap()
     try:
         cache = capture(model, stack, data, batches)
         report.batches = len(cache)
         # a block tuner's targets: the uncompressed model's own stream of hidden states, kept beside
         reference = [c.hidden for c in cache] if isinstance(method, BlockTuner) else None
         for index in range(len(stack.layers)):
-            block = store.load(index, stack.layers[index])
-            block.eval()
-            dtype = next(block.parameters()).dtype
-            cache = [_cast_inputs(c, dtype) for c in cache]
-            prefix = stack.name(index)
-            targets = {f"{prefix}.{n}": m for n, m in linears(block).items() if f"{prefix}.{n}" in selected}
-            if reference is not None:
-                reference = _reference_outputs(block, cache, reference, dtype)
-            cache, error = _process(block, cache, method, targets, reference)
-            report.output_error[prefix] = error
-            store.release(index, block)
-            return_freed_memory()
+            cache, reference, report.output_error[stack.name(index)] = _one_block(
+                stack, index, cache, method, selected, store, reference
+            )
+            return_freed_memory()  # after the block's locals are gone: nothing of it is referenced
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
@@ -257,6 +270,30 @@ def _reference_outputs(
         return [run_block(block, c.with_hidden(h.to(dtype))) for c, h in zip(cache, reference, strict=True)]
 
 
+def _one_block(
+    stack: LayerStack,
+    index: int,
+    cache: list[Captured],
+    method: Method,
+    selected: set[str],
+    store: LayerStore,
+    reference: list[torch.Tensor] | None,
+) -> tuple[list[Captured], list[torch.Tensor] | None, float]:
+    """Load, process and release block `index`; a function of its own so that no reference to the block
+    or its layers (a method may swap a Linear out: the old one keeps its float weight) outlives it."""
+    block = store.load(index, stack.layers[index])
+    block.eval()
+    dtype = next(block.parameters()).dtype
+    cache = [_cast_inputs(c, dtype) for c in cache]
+    prefix = stack.name(index)
+    targets = {f"{prefix}.{n}": m for n, m in linears(block).items() if f"{prefix}.{n}" in selected}
+    if reference is not None:
+        reference = _reference_outputs(block, cache, reference, dtype)
+    cache, error = _process(block, cache, method, targets, reference)
+    store.release(index, block)
+    return cache, reference, error
+
+
 def _process(
     block: nn.Module,
     cache: list[Captured],
@@ -265,7 +302,9 @@ def _process(
     reference: list[torch.Tensor] | None = None,
 ) -> tuple[list[Captured], float]:
     """Observe, compress, re-run: the block's new outputs as the next inputs, and its relative error.
-    With `reference` (the uncompressed block's outputs), a `BlockTuner` refines the block after `apply`."""
+    With `reference` (the uncompressed block's outputs), a `BlockTuner` refines the block after `apply`.
+    `targets` is emptied as each layer is compressed: a layer a method replaces is then referenced by
+    nothing, and its float weight is freed before the next layer's work (not at the end of the block)."""
     if not targets:  # nothing selected here: one pass carries the inputs on
         with torch.no_grad():
             return [c.with_hidden(run_block(block, c)) for c in cache], 0.0
@@ -276,8 +315,9 @@ def _process(
     finally:
         for h in handles:
             h.remove()
-    for name, module in targets.items():
-        method.apply(name, module)
+    while targets:
+        name = next(iter(targets))
+        method.apply(name, targets.pop(name))
     if reference is not None and isinstance(method, BlockTuner):
         method.refine(block, lambda i: run_block(block, cache[i]), reference)
     num = den = 0.0

@@ -197,12 +197,15 @@ def quantize_layerwise(
     if config.activations == "static" or config.kind != "int":
         raise UserError("layer-by-layer quantization takes weight-only or dynamic activations (kind int)")
     selected, kept = select_layers(model, config)
-    inside = block_linears(model)
+    inside = set(block_linears(model))
     targets = {n for n in selected if n in inside}
     if not targets:
         raise UserError("no Linear layer of the decoder blocks is selected; check include/exclude")
     outside = {n: m for n, m in selected.items() if n not in inside}
     tuning = auto.tunes_blocks(config, data is not None, not outside)
+    # names only from here: a block's Linear held here would keep its float weight after the engine
+    # swaps it for a QuantLinear and releases the block (a checkpoint's whole model in float, at the end)
+    del selected
     if not config.include:  # embeddings and lm_head only when asked for (as llm-compressor)
         kept.update(dict.fromkeys(outside, "outside the decoder blocks (name it in include to quantize)"))
         outside = {}
@@ -211,7 +214,7 @@ def quantize_layerwise(
     result = QuantResult(kept_float=kept)
     if data is None:  # nothing to calibrate with: round to nearest, no engine
         _needs_no_data(config, smoothing)
-        outside.update({n: selected[n] for n in sorted(targets)})
+        outside.update({n: model.get_submodule(n) for n in sorted(targets)})
         result.chosen = {"linear_rounding": {"nearest": len(targets)}}
     else:
         method = (TuningQuantizer if tuning else LayerQuantizer)(model, config, smoothing)
