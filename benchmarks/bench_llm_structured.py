@@ -4,8 +4,9 @@
   through the layer-by-layer engine), by depth (`kind: blocks`, blocks chosen on calibration data) and
   by the hidden dimension, each then distilled from the dense model (logits KL + the final hidden
   states) on at most 10% of the baseline's training tokens; test perplexity against dense.
-  `both` keeps 2/3 of the blocks and 3/4 of the query heads and MLP width. Beside them Torch-Pruning's
-  LLM width pruning (`peer_tp_llm`, no recovery, as its example), given TP_SECONDS to finish.
+  `both` keeps 2/3 of the blocks, each narrowed to 3/4 (half the query heads, a narrower MLP).
+  Beside them Torch-Pruning's LLM width pruning (`peer_tp_llm`, no recovery, as its example),
+  given TP_SECONDS to finish.
 - `llm_structured_speed`: the same cuts applied to TinyLlama-1.1B's shape (random weights, float32):
   prefill and greedy-decode tokens/s in PyTorch eager, same threads, medians of repeats.
 
@@ -64,17 +65,27 @@ def _both(depth: Cut, width: Cut) -> Cut:
     return cut
 
 
+def _three_quarters(config: dict[str, Any]) -> WidthTarget:
+    """Half the query heads (every key/value group kept, so hidden_size stays a multiple of the heads)
+    and the MLP width that brings a decoder layer to 3/4 of its parameters."""
+    h, q, kv, m = (config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                        "intermediate_size"))  # fmt: skip
+    d = config.get("head_dim") or h // q
+    layer = 2 * h * d * (q + kv) + 3 * h * m
+    kept_attention = h * d * q + 2 * h * d * kv  # q and o halved, k and v whole
+    return WidthTarget(q // 2, kv, intermediate=round((0.75 * layer - kept_attention) / (3 * h)))
+
+
 def cuts(config: dict[str, Any], choose_blocks: bool = True) -> dict[str, Cut]:
     """Each about 0.5x of the decoder layers' parameters for a config of llama-pydocs' proportions."""
     heads, kv, mlp = config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]
     layers = config["num_hidden_layers"]
-    # both: 2/3 of the blocks x 3/4 of the query heads (every key/value group kept) and MLP width
-    three_quarters = WidthTarget(heads * 3 // 4, kv, intermediate=mlp * 3 // 4)
     return {
         "width": _width(WidthTarget(heads // 2, kv // 2, intermediate=mlp // 2)),
         "depth": _depth(layers // 2, choose_blocks),
         "hidden": _width(WidthTarget(hidden=config["hidden_size"] // 2)),
-        "both": _both(_depth(layers * 2 // 3, choose_blocks), _width(three_quarters)),
+        # 2/3 of the blocks x 3/4 of each kept block
+        "both": _both(_depth(round(layers * 2 / 3), choose_blocks), _width(_three_quarters(config))),
     }  # fmt: skip
 
 
