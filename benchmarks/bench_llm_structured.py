@@ -4,10 +4,14 @@
   through the layer-by-layer engine), by depth (`kind: blocks`, blocks chosen on calibration data) and
   by the hidden dimension, each then distilled from the dense model (logits KL + the final hidden
   states) on at most 10% of the baseline's training tokens; test perplexity against dense.
-- `llm_structured_speed`: the width and depth cuts applied to TinyLlama-1.1B's shape (random weights,
-  float32): prefill and greedy-decode tokens/s in PyTorch eager, same threads, medians of repeats.
+  `both` keeps 2/3 of the blocks, each narrowed to 3/4 (half the query heads, a narrower MLP).
+  Beside them Torch-Pruning's LLM width pruning (`peer_tp_llm`, no recovery, as its example),
+  given TP_SECONDS to finish.
+- `llm_structured_speed`: the same cuts applied to TinyLlama-1.1B's shape (random weights, float32):
+  prefill and greedy-decode tokens/s in PyTorch eager, same threads, medians of repeats.
 
-`STRUCTURED_CUTS=width,depth` picks the cuts (2 shared cores: each costs minutes).
+`STRUCTURED_CUTS=width,depth,hidden,both,tp` picks the cuts (2 shared cores: each costs minutes; `tp`
+is the peer, in llm_structured only).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch.nn as nn
 import torchslim as ts
 from benchmarks.bench_llm_sparse import BASELINE_TOKENS, MEMORY_CONFIG, recover
 from benchmarks.harness import Table, benchmark
+from benchmarks.peer_tp_llm import peer_rows
 from torchslim.distill.students import shallow_student
 from torchslim.llm.structured import WidthTarget, prune_width
 
@@ -52,13 +57,35 @@ def _depth(keep: int, choose: bool) -> Cut:
     return cut
 
 
+def _both(depth: Cut, width: Cut) -> Cut:
+    def cut(model: nn.Module, data: Any) -> tuple[nn.Module, tuple[str, ...]]:
+        shallow, _ = depth(model, data)  # blocks chosen on the dense model, then the kept ones narrowed
+        return width(shallow, data)
+
+    return cut
+
+
+def _three_quarters(config: dict[str, Any]) -> WidthTarget:
+    """Half the query heads (every key/value group kept, so hidden_size stays a multiple of the heads)
+    and the MLP width that brings a decoder layer to 3/4 of its parameters."""
+    h, q, kv, m = (config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                        "intermediate_size"))  # fmt: skip
+    d = config.get("head_dim") or h // q
+    layer = 2 * h * d * (q + kv) + 3 * h * m
+    kept_attention = h * d * q + 2 * h * d * kv  # q and o halved, k and v whole
+    return WidthTarget(q // 2, kv, intermediate=round((0.75 * layer - kept_attention) / (3 * h)))
+
+
 def cuts(config: dict[str, Any], choose_blocks: bool = True) -> dict[str, Cut]:
     """Each about 0.5x of the decoder layers' parameters for a config of llama-pydocs' proportions."""
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    heads, kv, mlp = config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]
+    layers = config["num_hidden_layers"]
     return {
-        "width": _width(WidthTarget(heads // 2, kv // 2, intermediate=config["intermediate_size"] // 2)),
-        "depth": _depth(config["num_hidden_layers"] // 2, choose_blocks),
+        "width": _width(WidthTarget(heads // 2, kv // 2, intermediate=mlp // 2)),
+        "depth": _depth(layers // 2, choose_blocks),
         "hidden": _width(WidthTarget(hidden=config["hidden_size"] // 2)),
+        # 2/3 of the blocks x 3/4 of each kept block
+        "both": _both(_depth(round(layers * 2 / 3), choose_blocks), _width(_three_quarters(config))),
     }  # fmt: skip
 
 
@@ -67,7 +94,7 @@ def decoder_params(model: nn.Module) -> int:
 
 
 def _selected() -> list[str]:
-    return os.environ.get("STRUCTURED_CUTS", "width,depth,hidden").split(",")
+    return os.environ.get("STRUCTURED_CUTS", "width,depth,hidden,both,tp").split(",")
 
 
 @benchmark("llm_structured")
@@ -85,7 +112,7 @@ def structured(quick: bool) -> Table:
     table.rows.append(["dense", 1.0, dense, 0.0, dense, 0.0, 0, 0])
     base_params = decoder_params(base)
     config = base.config.to_dict()
-    for name in _selected():
+    for name in [c for c in _selected() if c != "tp"]:
         start = time.perf_counter()
         model, features = cuts(config)[name](base, data)
         one_shot = task.perplexity(model)
@@ -94,6 +121,10 @@ def structured(quick: bool) -> Table:
         share, seconds = decoder_params(model) / base_params, round(time.perf_counter() - start)
         table.rows.append([name, share, one_shot, 100 * (one_shot / dense - 1), ppl, 100 * (ppl / dense - 1),
                            tokens, seconds])  # fmt: skip
+    if "tp" in _selected():
+        rows, notes = peer_rows(dense, quick)
+        table.rows += rows
+        table.notes += notes
     table.notes.append(f"dense test perplexity {dense:.2f}; baseline trained on {BASELINE_TOKENS} tokens")
     table.notes.append(f"distillation: KL on logits (T=1) + MSE of the final normed hidden states, "
                        f"AdamW peak lr {lr:g}, warm-up 10%, cosine; target: within 15% of dense")  # fmt: skip
@@ -138,7 +169,7 @@ def speed(quick: bool) -> Table:
     p0, d0 = _tokens_per_s(dense, ids, new, repeats)
     table.rows.append(["dense", 1.0, p0, d0, 1.0, 1.0])
     base = decoder_params(dense)
-    for name in [c for c in _selected() if c != "hidden"]:
+    for name in [c for c in _selected() if c != "tp"]:
         model, _ = cuts(config, choose_blocks=False)[name](dense, calib)  # which blocks: same speed
         p, d = _tokens_per_s(model, ids, new, repeats)
         table.rows.append([name, decoder_params(model) / base, p, d, p / p0, d / d0])

@@ -107,3 +107,17 @@ def test_cutting_unimportant_units_changes_little(llama: Any) -> None:
 def test_hidden_must_divide_by_the_heads_kept(llama: Any) -> None:
     with pytest.raises(UserError, match="multiple of the 8 query heads"):
         prune_width(copy.deepcopy(llama), WidthTarget(hidden=20), _data())
+
+
+def test_depth_then_width_reloads_identically(llama: Any, tmp_path: Path) -> None:
+    """Fewer blocks, then the kept ones narrowed (the `both` cut): the two transforms replay in order."""
+    from torchslim.distill.students import shallow_student
+
+    model = shallow_student(llama, count=1, path="model.layers")
+    prune_width(model, WidthTarget(heads=4, intermediate=48), _data())
+    assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (4 * 4, 32)
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(5))
+    ours = _logits(model, x)
+    ts.save(model, tmp_path / "ts")
+    assert torch.equal(_logits(ts.load(tmp_path / "ts"), x), ours)
