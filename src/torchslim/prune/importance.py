@@ -124,9 +124,10 @@ def auto_choice(model: nn.Module, has_data: bool) -> str:
     """What `importance="auto"` (the default) means for `model`: `magnitude_bn` where the model has
     BatchNorms and calibration data is given, plain `magnitude` otherwise.
 
-    Folding the BatchNorm in is the magnitude the network computes with: at 90% (global, LAMP, then a
-    fine-tune) mnist1d-cnn recovered to 0.964 against 0.954 for plain magnitude, lenet5-digits to the
-    same 0.992; without BatchNorms the two rank the same weights."""
+    Folding the BatchNorm in is the magnitude the network computes with: mnist1d-cnn at 90% (global,
+    LAMP) keeps 0.287 one-shot against 0.253 for plain magnitude, 0.964 against 0.954 after a 10-epoch
+    fine-tune (0.945 against 0.944 after the default one); lenet5-digits ends equal (0.992). Without
+    BatchNorms the two rank the same weights."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return "magnitude_bn" if has_data and has_bn else "magnitude"
 
