@@ -84,7 +84,9 @@ def _peer(model: nn.Module, task: Task, sparsity: float, data: list[Any]) -> lis
     return []
 
 
-FIRST = {c: f"first recipe: importance={c}, all else default" for c in ("magnitude", "taylor", "entropy")}
+FIRST = {
+    c: f"first recipe: importance={c}, all else default" for c in ("auto", "magnitude", "taylor", "entropy")
+}
 """Defaults only, the fine-tune included (`finetune_defaults`): what a user's first recipe gets."""
 OLD_DEFAULTS = {c: f"before: importance={c}, layer scope, 1 round" for c in FIRST}
 """The defaults before LAMP, global scope and rounds became them, with the same default fine-tune."""
@@ -325,7 +327,7 @@ def _spread_rows(task: Task, base: nn.Module, data: list[Any], dense: float, ft:
     fine-tune alone costs) and of the first recipe; mean and each order's accuracy."""
     methods: dict[str, Method] = {
         "control: dense, default fine-tune, no pruning": _ours(importance="magnitude", sparsity_scale=0.0),
-        FIRST["magnitude"]: _ours(importance="magnitude"),
+        FIRST["auto"]: _ours(),
     }
     rows = []
     for label, method in methods.items():

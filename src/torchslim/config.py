@@ -82,8 +82,9 @@ class SparsityConfig(BaseConfig):
     """Alternative to `sparsity`: prune every weight whose importance is below this value."""
     retain: float | None = None
     """Alternative to `sparsity`: the fraction of selected weights kept, in (0, 1] (0.9 keeps 90%)."""
-    importance: str = "magnitude"
-    """Criterion by registered name: magnitude, magnitude_bn (BatchNorm folded in), taylor, entropy,
+    importance: str = "auto"
+    """Criterion by registered name: `auto` (default: magnitude_bn where the model has BatchNorms and
+    `data` is given, else magnitude), magnitude, magnitude_bn (BatchNorm folded in), taylor, entropy,
     random, or a user's own; for transformers, `wanda` (|w| x input norm, per output row) and `sparsegpt`
     (second order, the kept weights reconstructed), which run one layer at a time through
     `torchslim.llm.engine` on the Linear layers of the model's repeated blocks and need `data`."""

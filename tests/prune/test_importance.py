@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -141,3 +142,32 @@ def test_magnitude_bn_scores_the_weight_with_the_batchnorm_folded_in() -> None:
     assert torch.allclose(scores["conv"], (w * gains["conv"].view(-1, 1, 1)).square())
     assert torch.allclose(scores["side"], model.side.weight.detach().square())
     assert torch.allclose(scores["head"], model.head.weight.detach().square())
+
+
+def _masks_after(model: torch.nn.Module, importance: str, data: list | None, **options: object) -> dict:
+    pruned = copy.deepcopy(model)
+    ts.prune_(pruned, ts.SparsityConfig(importance=importance, **options), data=data)
+    layers = (nn.Conv1d, nn.Linear)
+    return {name: m.weight == 0 for name, m in pruned.named_modules() if isinstance(m, layers)}
+
+
+def test_default_importance_folds_batchnorms_in_when_data_is_given() -> None:
+    from torchslim.prune.importance import auto_choice
+
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    with torch.no_grad():  # one channel's BatchNorm amplifies it 50x: folded in, it outranks the rest
+        model.bn.weight.copy_(torch.tensor([50.0, 0.1, 0.1, 0.1]))
+    data = [(torch.randn(5, 1, 10), torch.zeros(5, dtype=torch.long))]
+    assert ts.SparsityConfig(sparsity=0.5).importance == "auto"
+    assert auto_choice(model, has_data=True) == "magnitude_bn"
+    assert auto_choice(model, has_data=False) == "magnitude"
+    assert auto_choice(torch.nn.Linear(3, 2), has_data=True) == "magnitude"
+    auto = _masks_after(model, "auto", data, sparsity=0.6)
+    folded = _masks_after(model, "magnitude_bn", data, sparsity=0.6)
+    plain = _masks_after(model, "magnitude", data, sparsity=0.6)
+    assert all(torch.equal(auto[k], folded[k]) for k in auto)
+    assert any(not torch.equal(auto[k], plain[k]) for k in auto)
+    assert auto["conv"][1:].all() and not plain["conv"][1:].all()  # the damped channels go first
+    no_data = _masks_after(model, "auto", None, sparsity=0.6)
+    assert all(torch.equal(no_data[k], plain[k]) for k in no_data)

@@ -14,7 +14,7 @@ from torchslim.config import BaseConfig, SparsityConfig
 from torchslim.data import limit
 from torchslim.errors import UserError
 from torchslim.prune import pattern, select
-from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn
+from torchslim.prune.importance import IMPORTANCE, ImportanceInput, LossFn, auto_choice
 from torchslim.prune.masks import get_mask, record, set_mask
 from torchslim.prune.schedule import cubic_sparsity
 from torchslim.prune.sensitivity import allocate, exact_counts, grid_for, joint_loss, max_layer_sparsity, scan
@@ -112,6 +112,9 @@ def prune_unstructured(
     With several rounds (`SparsityConfig.rounds`) each layer's sparsity climbs the cubic schedule from
     where its hard mask stands to its target, and the weights still alive are re-scored every round.
     """
+    if config.importance == "auto":  # a threshold stays on |w|, as documented
+        has_data = data is not None and config.threshold is None
+        config = config.replace(importance=auto_choice(model, has_data))
     layerwise = IMPORTANCE.get(config.importance).layerwise
     if layerwise is not None:  # wanda, sparsegpt: one block at a time through the calibration engine
         return layerwise(model, config, data)

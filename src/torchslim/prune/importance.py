@@ -57,6 +57,8 @@ class Criterion:
     rounds: int = 1
     """Score-and-prune rounds when `SparsityConfig.rounds` is None: more than 1 for criteria whose
     scores change as other weights go (gradients), 1 where they do not (a weight's own magnitude)."""
+    wants_data: bool = False
+    """Uses calibration data when given without needing it (a stage then passes its batches)."""
     layerwise: Callable[..., Any] | None = None
     """`prune(model, config, data) -> PruneReport` for a criterion that prunes by itself, one block of a
     transformer at a time (wanda, sparsegpt: `torchslim.llm.sparse`); None: scores ranked by `prune_`."""
@@ -73,12 +75,13 @@ def register_importance(
     rounds: int = 1,
     replace: bool = False,
     layerwise: Callable[..., Any] | None = None,
+    wants_data: bool = False,
 ) -> Any:
     """Register `fn(ImportanceInput) -> {target name: scores}` under `name` (usable as a decorator);
     `rounds` is its default number of score-and-prune rounds (see `Criterion.rounds`)."""
 
     def add(f: CriterionFn) -> CriterionFn:
-        IMPORTANCE.register(name, Criterion(f, needs_data, rounds, layerwise), replace=replace)
+        IMPORTANCE.register(name, Criterion(f, needs_data, rounds, wants_data, layerwise), replace=replace)
         return f
 
     return add(fn) if fn is not None else add
@@ -115,6 +118,23 @@ def magnitude_bn(inp: ImportanceInput) -> Scores:
             w = w * gains[t.name].reshape(-1, *[1] * (w.dim() - 1))
         out[t.name] = w.square()
     return out
+
+
+def auto_choice(model: nn.Module, has_data: bool) -> str:
+    """What `importance="auto"` (the default) means for `model`: `magnitude_bn` where the model has
+    BatchNorms and calibration data is given, plain `magnitude` otherwise.
+
+    Folding the BatchNorm in is the magnitude the network computes with: mnist1d-cnn at 90% (global,
+    LAMP) keeps 0.287 one-shot against 0.253 for plain magnitude, 0.964 against 0.954 after a 10-epoch
+    fine-tune (0.945 against 0.944 after the default one); lenet5-digits ends equal (0.992). Without
+    BatchNorms the two rank the same weights."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return "magnitude_bn" if has_data and has_bn else "magnitude"
+
+
+@register_importance("auto", wants_data=True)
+def auto(inp: ImportanceInput) -> Scores:
+    return IMPORTANCE.get(auto_choice(inp.model, bool(inp.data))).fn(inp)
 
 
 FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

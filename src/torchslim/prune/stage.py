@@ -123,8 +123,9 @@ class UnstructuredSpec(StageSpec):
     """Instead of sparsity: prune every weight whose importance is below this (|w| for magnitude)."""
     retain: float | None = Field(None, gt=0, le=1)
     """Instead of sparsity: the fraction of selected weights kept."""
-    importance: str = "magnitude"
-    """Criterion: magnitude, magnitude_bn, taylor, entropy, random, wanda, sparsegpt or a registered one."""
+    importance: str = "auto"
+    """Criterion: auto (magnitude_bn where the model has BatchNorms, else magnitude), magnitude,
+    magnitude_bn, taylor, entropy, random, wanda, sparsegpt or a registered one."""
     pattern: str | None = None
     """N:M semi-structured sparsity ("2:4", "4:8"): N kept in every M weights along a row; sparsity may
     then be omitted (it is 1 - N/M)."""
@@ -186,8 +187,9 @@ SCHEDULES: Registry[Callable[[Any, UnstructuredSpec, SparsityConfig, Any], None]
 @register_prune_kind("unstructured", UnstructuredSpec)
 def run_unstructured(ctx: Any, spec: UnstructuredSpec) -> None:
     config = spec.config()
-    needs_data = IMPORTANCE.get(config.importance).needs_data or config.allocation == "auto"
-    data = ctx.task.calibration_loader(batches=spec.batches) if needs_data else None
+    criterion = IMPORTANCE.get(config.importance)
+    uses_data = criterion.needs_data or criterion.wants_data or config.allocation == "auto"
+    data = ctx.task.calibration_loader(batches=spec.batches) if uses_data else None
     SCHEDULES.get(spec.schedule.resolved())(ctx, spec, config, data)
 
 
