@@ -44,6 +44,22 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _untie(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors stored once each: safetensors refuses shared memory (a tied embedding and lm_head), so
+    each later name of the same tensor becomes an alias of the first."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, value in tensors.items():
+        key = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if value.numel() and key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen.setdefault(key, name)
+            unique[name] = value
+    return unique, aliases
+
+
 def save_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -61,7 +77,9 @@ def save_checkpoint(
     tensors.update({f"best.{k}": v.contiguous() for k, v in (best or {}).items()})
     tensors.update(optim_tensors)
     tensors["rng"] = torch.get_rng_state()
+    tensors, aliases = _untie(tensors)
     meta = {
+        "aliases": aliases,
         "epoch": epoch,
         "step": step,
         "history": history,
@@ -83,6 +101,10 @@ def load_checkpoint(
         tensors = load_file(str(directory / "state.safetensors"))
     except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise ManifestError(f"training checkpoint {directory} is unreadable ({exc})") from None
+    for alias, source in meta.get("aliases", {}).items():
+        if source not in tensors:
+            raise ManifestError(f"training checkpoint {directory}: {alias!r} names a missing {source!r}")
+        tensors[alias] = tensors[source]
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
