@@ -16,14 +16,10 @@ quantizers) can add their rows beside these. llm-compressor is imported from `/w
 from __future__ import annotations
 
 import copy
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -229,30 +225,16 @@ cores in the time a benchmark has here; the engine, the shard store and the writ
 
 @benchmark("llm_quant_memory")
 def memory(quick: bool) -> Table:
-    from benchmarks.bench_llm_sparse import MEMORY_CONFIG, _write_random_checkpoint
+    from benchmarks.bench_llm_sparse import MEMORY_CONFIG, run_on_checkpoint
 
     config = dict(MEMORY_CONFIG, num_hidden_layers=4) if quick else MEMORY_CONFIG
     table = Table(f"Quantizing a ~1 B-parameter Llama checkpoint (random bf16 weights) from disk, int4 g128 "
                   f"{MEMORY_METHOD}, written as compressed-tensors",
                   ["parameters", "checkpoint MB", "peak RSS MB", "peak / checkpoint", "output / checkpoint",
                    "seconds"])  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TORCHSLIM_BENCH_TMP")) as tmp:
-        src, out = Path(tmp) / "src", Path(tmp) / "out"
-        kept = os.environ.get("TORCHSLIM_LLAMA1B")
-        if kept and not quick:
-            src = Path(kept)
-        else:
-            src.mkdir()
-            _write_random_checkpoint(src, config)
-        size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out), "2", MEMORY_METHOD],
-                              capture_output=True, text=True, env=env, check=False)  # fmt: skip
-        seconds = time.perf_counter() - started
-        if done.returncode:
-            raise RuntimeError(f"quantizing the checkpoint failed:\n{done.stderr[-4000:]}")
-        extra = json.loads(done.stdout.strip().splitlines()[-1])
+    size, seconds, extra = run_on_checkpoint(
+        _CHILD, ["2", MEMORY_METHOD], config, quick, "quantizing the checkpoint"
+    )
     peak = float(extra["peak_rss_mb"])
     table.rows.append([f"{size / 2 / 1e9:.2f} B", round(size / 2**20), peak, peak / (size / 2**20),
                        extra["out_bytes"] / size, round(seconds)])  # fmt: skip

@@ -278,12 +278,12 @@ print(json.dumps(rep.extra))
 """
 
 
-@benchmark("llm_sparse_memory")
-def memory(quick: bool) -> Table:
-    config = dict(MEMORY_CONFIG, num_hidden_layers=4) if quick else MEMORY_CONFIG
-    windows = 1 if quick else 2  # 2 shared cores: the memory is the measurement here
-    table = Table(f"Pruning a ~1 B-parameter Llama checkpoint (random bf16 weights) from disk, {METHOD} 50%",
-                  ["parameters", "checkpoint MB", "peak RSS MB", "peak / checkpoint", "seconds"])  # fmt: skip
+def run_on_checkpoint(
+    child: str, args: list[str], config: dict[str, Any], quick: bool, what: str
+) -> tuple[int, float, dict[str, Any]]:
+    """Run `child` (python source taking `src out *args`, printing its report's extra as JSON) in a fresh
+    process on a random bf16 checkpoint of `config` (or TORCHSLIM_LLAMA1B's, one this wrote before):
+    (checkpoint bytes, seconds, the child's extra). A child process, so its peak memory is its own."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("TORCHSLIM_BENCH_TMP")) as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
         kept = os.environ.get("TORCHSLIM_LLAMA1B")  # a checkpoint this function wrote before (seeded)
@@ -295,12 +295,23 @@ def memory(quick: bool) -> Table:
         size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out), str(windows), METHOD],
+        done = subprocess.run([sys.executable, "-c", child, str(src), str(out), *args],
                               capture_output=True, text=True, env=env, check=False)  # fmt: skip
         seconds = time.perf_counter() - started
         if done.returncode:
-            raise RuntimeError(f"pruning the checkpoint failed:\n{done.stderr[-4000:]}")
-        extra = json.loads(done.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
+        return size, seconds, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@benchmark("llm_sparse_memory")
+def memory(quick: bool) -> Table:
+    config = dict(MEMORY_CONFIG, num_hidden_layers=4) if quick else MEMORY_CONFIG
+    windows = 1 if quick else 2  # 2 shared cores: the memory is the measurement here
+    table = Table(f"Pruning a ~1 B-parameter Llama checkpoint (random bf16 weights) from disk, {METHOD} 50%",
+                  ["parameters", "checkpoint MB", "peak RSS MB", "peak / checkpoint", "seconds"])  # fmt: skip
+    size, seconds, extra = run_on_checkpoint(
+        _CHILD, [str(windows), METHOD], config, quick, "pruning the checkpoint"
+    )
     params = size // 2
     peak = float(extra["peak_rss_mb"])
     table.rows.append(
