@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 
@@ -64,3 +65,11 @@ def vit(**overrides: Any) -> nn.Module:
         **overrides,
     )
     return t.ViTForImageClassification(config)
+
+
+def token_batches(
+    n: int, shape: tuple[int, int], seed: int, vocab: int = 64
+) -> list[tuple[torch.Tensor, None]]:
+    """`n` calibration batches of random token ids (no labels), seeded: a causal LM's `data=`."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, shape, generator=gen), None) for _ in range(n)]

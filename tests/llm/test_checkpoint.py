@@ -16,8 +16,7 @@ from torchslim.llm.checkpoint import open_checkpoint, prune_checkpoint
 
 
 def _data() -> list[tuple[torch.Tensor, None]]:
-    gen = torch.Generator().manual_seed(4)
-    return [(torch.randint(0, 64, (2, 16), generator=gen), None) for _ in range(3)]
+    return tiny_hf.token_batches(3, (2, 16), seed=4)
 
 
 @pytest.fixture()

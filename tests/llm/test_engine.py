@@ -30,8 +30,7 @@ class Recorder:
 
 
 def _batches(n: int = 3, vocab: int = 64) -> list[Any]:
-    gen = torch.Generator().manual_seed(1)
-    return [(torch.randint(0, vocab, (2, 12), generator=gen), None) for _ in range(n)]
+    return tiny_hf.token_batches(n, (2, 12), seed=1, vocab=vocab)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+import tiny_hf
 import torchslim as ts
 from torchslim.quant import ptq
 from torchslim.quant.modules import QuantModule
@@ -25,8 +26,7 @@ def _llama(**overrides: Any) -> Any:
 
 
 def _batches(n: int = 4, vocab: int = 64) -> list[Any]:
-    gen = torch.Generator().manual_seed(1)
-    return [(torch.randint(0, vocab, (2, 16), generator=gen), None) for _ in range(n)]
+    return tiny_hf.token_batches(n, (2, 16), seed=1, vocab=vocab)
 
 
 def _logit_error(model: Any, ref: Any, data: list[Any]) -> float:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import tiny_hf
 import torchslim as ts
 from torchslim.errors import UserError
 from torchslim.llm.quant_checkpoint import quantize_checkpoint
 
 
 def _data() -> list[tuple[torch.Tensor, None]]:
-    gen = torch.Generator().manual_seed(4)
-    return [(torch.randint(0, 64, (2, 16), generator=gen), None) for _ in range(3)]
+    return tiny_hf.token_batches(3, (2, 16), seed=4)
 
 
 @pytest.fixture()

@@ -20,8 +20,7 @@ Q = "model.layers.0.self_attn.q_proj"
 
 
 def _data(n: int = 4, vocab: int = 64) -> list[Any]:
-    gen = torch.Generator().manual_seed(2)
-    return [(torch.randint(0, vocab, (4, 16), generator=gen), None) for _ in range(n)]
+    return tiny_hf.token_batches(n, (4, 16), seed=2, vocab=vocab)
 
 
 @pytest.fixture(scope="module")
