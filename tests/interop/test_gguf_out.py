@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import tiny_hf
 import torchslim as ts
 from tiny_hf import gpt2
 from torchslim.errors import UserError
@@ -25,13 +26,10 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("tokenizers")
 
-ARCH = dict(
+ARCH = dict(  # tiny_hf.llama's 2 layers, 4 query heads over 2 kv heads, wider for 32-blocks
     vocab_size=320,  # more rows than the tokenizer has entries: padding tokens
     hidden_size=64,
     intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
     max_position_embeddings=64,
     bos_token_id=0,
     eos_token_id=0,
@@ -45,7 +43,7 @@ def _checkpoint(path: Path, tied: bool = True) -> Path:
     from torchslim.zoo.text.tokenizer import train, wrap
 
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**ARCH, tie_word_embeddings=tied))
+    model = tiny_hf.llama(**ARCH, tie_word_embeddings=tied)
     model.save_pretrained(str(path))
     wrap(train(["Return the sum of a and b.", "Open the file and read it."] * 4, 300)).save_pretrained(
         str(path)
@@ -240,7 +238,7 @@ def test_permuted_q_k_give_llama_cpp_rope_the_same_attention_scores() -> None:
 def test_refusals_name_what_is_wrong(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="writes LlamaForCausalLM models.*GPT2LMHeadModel"):
         check_formats(gpt2(), ["gguf"])
-    bare = transformers.LlamaForCausalLM(transformers.LlamaConfig(**ARCH))
+    bare = tiny_hf.llama(**ARCH)
     with pytest.raises(UserError, match="includes the tokenizer"):
         check_formats(bare, ["gguf"])
     wordpiece = tmp_path / "wp"
