@@ -21,15 +21,8 @@ from benchmarks.bench_keras_import import _all_layers, _apps, _calibrate, _float
 
 
 def _layer_outputs(net: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    values = dict(zip(net.input_keys, (x,), strict=True))
     with torch.no_grad():
-        for key, args in net.steps:
-            inputs = [values[a] for a in args]
-            if key in net.pads:
-                inputs = [net.pads[key](inputs[0])]
-            y = net.layers[key](*inputs)
-            values[key] = net.acts[key](y) if key in net.acts else y
-    return values
+        return net.layer_outputs((x,))
 
 
 def main(name: str, size: int, images: int) -> None:

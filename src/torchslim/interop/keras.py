@@ -79,6 +79,12 @@ class KerasNet(nn.Module):
 
     def run(self, xs: tuple[torch.Tensor, ...]) -> Any:
         """The graph on the inputs in the Keras model's input order (a plain loop: fx traces it)."""
+        values = self.layer_outputs(xs)
+        outs = tuple(values[k] for k in self.output_keys)
+        return outs[0] if len(outs) == 1 else outs
+
+    def layer_outputs(self, xs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Every layer's output by its Keras name (the inputs' too), for comparing layer by layer."""
         values = dict(zip(self.input_keys, xs, strict=True))
         for key, args in self.steps:
             inputs = [values[a] for a in args]
@@ -86,8 +92,7 @@ class KerasNet(nn.Module):
                 inputs = [self.pads[key](inputs[0])]
             y = self.layers[key](*inputs)
             values[key] = self.acts[key](y) if key in self.acts else y
-        outs = tuple(values[k] for k in self.output_keys)
-        return outs[0] if len(outs) == 1 else outs
+        return values
 
 
 class MultiInputKerasNet(KerasNet):
