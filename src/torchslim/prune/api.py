@@ -75,6 +75,9 @@ def plan(
     loss: LossFn | None = None,
     seed: int = 0,
 ) -> Plan:
+    if config.importance == "auto":  # resolved here, so reports and rounds name the criterion used
+        has_data = data is not None and config.threshold is None  # a threshold stays on |w|
+        config = config.replace(importance=auto_choice(model, has_data))
     criterion = IMPORTANCE.get(config.importance)
     select.check_normalizer(config.normalize)
     targets = find_targets(model, config.include, config.exclude)
@@ -112,9 +115,6 @@ def prune_unstructured(
     With several rounds (`SparsityConfig.rounds`) each layer's sparsity climbs the cubic schedule from
     where its hard mask stands to its target, and the weights still alive are re-scored every round.
     """
-    if config.importance == "auto":  # a threshold stays on |w|, as documented
-        has_data = data is not None and config.threshold is None
-        config = config.replace(importance=auto_choice(model, has_data))
     layerwise = IMPORTANCE.get(config.importance).layerwise
     if layerwise is not None:  # wanda, sparsegpt: one block at a time through the calibration engine
         return layerwise(model, config, data)
@@ -126,7 +126,7 @@ def prune_unstructured(
         assert sparsity is not None and p.inputs.data is not None
         counts, curves = auto_counts(model, p, scores, sparsity)
         layer_sparsity = {t.name: counts[t.name] / t.numel() for t in p.targets}
-    rounds = 1 if config.threshold is not None or config.pattern else resolved_rounds(config)
+    rounds = 1 if config.threshold is not None or config.pattern else resolved_rounds(p.config)
     start = _hard_sparsity(p.targets)
     for k in range(rounds):
         if k:
@@ -216,7 +216,7 @@ def auto_layer_sparsity(
     p = plan(model, config.replace(allocation="auto"), data, loss, seed)
     sparsity = target_sparsity(config)
     assert sparsity is not None
-    scores = select.ranked_scores(p.targets, IMPORTANCE.get(config.importance).fn(p.inputs))
+    scores = select.ranked_scores(p.targets, IMPORTANCE.get(p.config.importance).fn(p.inputs))
     counts, curves = auto_counts(model, p, scores, sparsity)
     return {t.name: counts[t.name] / t.numel() for t in p.targets}, curves
 
