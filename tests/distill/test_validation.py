@@ -85,3 +85,10 @@ def test_a_task_without_a_validation_split_says_so_before_training(tmp_path) -> 
     with pytest.raises(UserError, match="tiny-digits' has no validation split; train without `validation`"):
         ts.run_recipe({"model": "zoo:tiny-digits", "stages": [stage]}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_validation_false_trains_on_all_the_data_without_measuring(tmp_path) -> None:
+    stage = {"finetune": {"epochs": 1, "validation": False}}
+    report = ts.run_recipe({"model": "zoo:mnist1d-cnn", "stages": [stage]}, tmp_path / "out")
+    history = report["stages"][1]["history"]
+    assert len(history) == 1 and "metric" not in history[0] and "start_metric" not in history[0]

@@ -46,9 +46,9 @@ def _validation(task: Any, spec: Any) -> ValidationSpec | None:
     return spec.validation or None
 
 
-def _training(ctx: Any, spec: Any, validation: ValidationSpec | None = None) -> dict[str, Any]:
-    """The loader and validation arguments shared by the training stages."""
-    validation = validation or spec.validation
+def _training(ctx: Any, spec: Any, validation: ValidationSpec | None) -> dict[str, Any]:
+    """The loader and validation arguments shared by the training stages (`validation` as resolved by
+    the stage: None trains without one)."""
     task, holdout = ctx.task, validation.holdout if validation else 0.0
     if holdout and type(task).validate is Task.validate:
         task.validate(ctx.model, holdout)  # the task's own clear error, before any training
@@ -163,7 +163,7 @@ def distill_stage(ctx: Any, spec: DistillSpec) -> None:
     )
     task = ctx.task
     regularizer = [Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []
-    training = _training(ctx, spec)
+    training = _training(ctx, spec, spec.validation)
     notes: dict[str, Any] = {}
     history = distill(
         ctx.model,
