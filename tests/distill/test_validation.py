@@ -92,3 +92,25 @@ def test_validation_false_trains_on_all_the_data_without_measuring(tmp_path) -> 
     report = ts.run_recipe({"model": "zoo:mnist1d-cnn", "stages": [stage]}, tmp_path / "out")
     history = report["stages"][1]["history"]
     assert len(history) == 1 and "metric" not in history[0] and "start_metric" not in history[0]
+
+
+def test_a_later_epoch_that_ties_the_best_is_kept_and_patience_counts_strict_gains() -> None:
+    """An untrained start that scores as high as the trained epochs (held-out rows the baseline saw)
+    does not undo the training; a plateau still runs out of patience."""
+    task = zoo.get("mnist1d-cnn")
+    model = task.build(width=0.25)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([1.0, 1.0, 1.0, 1.0, 1.0])
+    history = fit(
+        model,
+        lambda e: list(task.train_loader(seed=e))[:2],
+        lambda m, x, y: task.loss(m(x), y),
+        epochs=4,
+        lr=1e-3,
+        evaluate=lambda m: next(scores),
+        keep_best=True,
+        keep_start=True,
+        patience=2,
+    )
+    assert len(history) == 2  # no epoch beat the start: patience 2 stops after the second
+    assert not torch.equal(model.state_dict()["fc.weight"], start["fc.weight"])  # the last tie is kept

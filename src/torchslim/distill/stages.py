@@ -29,7 +29,7 @@ class ValidationSpec(BaseModel):
     """Stop after this many epochs without improvement (null: train every epoch)."""
     keep_start: bool = True
     """The weights before training compete for best (with `keep_best`): the stage never ends below
-    where it started on the held-out part."""
+    where it started on the held-out part (a trained epoch that ties the start wins)."""
 
 
 DEFAULT_VALIDATION = ValidationSpec()
@@ -73,7 +73,7 @@ class FinetuneSpec(StageSpec):
     epochs: int | None = Field(None, ge=0, le=10_000)
     """Passes over the task's training data; null: a quarter of the baseline's epochs (1 if unknown)."""
     lr: float | None = Field(None, gt=0, le=10)
-    """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else half the
+    """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else the
     baseline's peak lr, else 1e-3 (`torchslim.distill.trainer.finetune_defaults`)."""
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int | None = Field(None, ge=1)

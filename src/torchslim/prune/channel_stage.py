@@ -40,7 +40,7 @@ class ChannelSpec(StageSpec):
     """Group criterion: l1, l2, magnitude, taylor, entropy, bn_scale, random or a registered one."""
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = Field(None, ge=1)
-    """Remaining channel counts are multiples of this; null: 4 for convolutions of 32 channels or more
+    """Remaining channel counts are multiples of this; null: 16 for convolutions of 32 channels or more
     (onnxruntime's blocked kernels), none elsewhere (see `ChannelConfig.round_to`)."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
