@@ -105,10 +105,11 @@ def dependency_graph(model: nn.Module, example_inputs: Any, config: ChannelConfi
 
 AUTO_ROUND_TO, AUTO_MIN_CHANNELS = 16, 32
 """`round_to=None`: channel counts in multiples of 16 for convolution groups of at least 32. onnxruntime's
-blocked (NCHWc) convolutions on AVX2 cost what the next multiple of 16 output channels costs, and leave
-the blocked path at counts off a multiple of 4 (one thread, batch 1: a 3x3 convolution pair at 16x16
+blocked (NCHWc) convolutions work in blocks of 16 output channels on AVX-512 (8 on AVX2, so 16 is
+aligned on both): a count costs what the next multiple of 16 costs, and counts off a multiple of 4
+leave the blocked path (AVX-512 here, one thread, batch 1: a 3x3 convolution pair at 16x16
 took 102 us at 32 channels and 205-245 us at every count from 36 to 48; a DS-CNN ran 0.038 ms at 24 to
-32 channels, 0.057 ms at 36 to 48 and 0.083 ms at 56 to 64; 37 channels ran 2.6x slower than 40).
+32 channels, 0.057 ms at 36 to 48 and 0.083 ms at 56 to 64; on AVX2, 37 channels ran 2.6x slower than 40).
 Channels pruned between two multiples buy no speed there and cost accuracy. In a smaller group a
 step of 16 costs too much of the pruning's resolution (a LeNet-5 layer of 6 channels)."""
 
