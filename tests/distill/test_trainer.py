@@ -118,8 +118,8 @@ def test_finetune_defaults_follow_the_tasks_own_baseline_training() -> None:
     from torchslim import zoo
     from torchslim.distill.trainer import finetune_defaults
 
-    assert finetune_defaults(zoo.get("lenet5-digits")) == (3, 1e-3)  # baseline: 12 epochs at 2e-3
-    assert finetune_defaults(zoo.get("mnist1d-cnn")) == (5, 5e-3)  # baseline: 20 epochs at 1e-2
+    assert finetune_defaults(zoo.get("lenet5-digits")) == (3, 2e-3)  # baseline: 12 epochs at 2e-3
+    assert finetune_defaults(zoo.get("mnist1d-cnn")) == (5, 1e-2)  # baseline: 20 epochs at 1e-2
     assert finetune_defaults(object()) == (1, 1e-3)  # a task that does not say
 
 
