@@ -84,7 +84,7 @@ def test_baseline_recognises_held_out_voices() -> None:
 
 def test_the_example_is_one_streaming_call_and_default_pruning_keeps_blocked_widths() -> None:
     """A run's runtime choice and latencies are per chunk (batch 1), and channel pruning with its
-    defaults leaves DS-CNN widths in whole blocks of onnxruntime's kernels (36 to 48 channels cost the same)."""
+    defaults leaves DS-CNN widths in whole blocks of onnxruntime's kernels (36 to 48 channels cost as 48)."""
     import torch.nn as nn
 
     import torchslim as ts
