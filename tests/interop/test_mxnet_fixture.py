@@ -45,6 +45,5 @@ def test_compress_channel_prune_int8_to_onnx(tmp_path: Path, monkeypatch: pytest
     dense = float(REFERENCE["accuracy"])
     assert _onnx_accuracy(out / "model.onnx") >= dense - 0.01
     stages = json.loads((out / "report.json").read_text())["stages"]
-    # half the channels of every layer, but conv1 keeps 32 of 50 (a multiple of 16, round_to's default)
-    assert stages[-1]["params"] < 0.35 * stages[0]["params"]
+    assert stages[-1]["params"] < 0.3 * stages[0]["params"]  # half the channels of every layer
     assert stages[-1]["size_bytes"] < 0.1 * stages[0]["size_bytes"]
