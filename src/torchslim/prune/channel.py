@@ -126,7 +126,9 @@ def rounding_for(config: ChannelConfig, group: Group) -> tuple[int, bool]:
     return (BLOCK, True) if group.units >= WIDE else (STEP, False)
 
 
-def _keep_count(n: int, fraction_removed: float, round_to: int, unit_channels: int, down: bool = False) -> int:
+def _keep_count(
+    n: int, fraction_removed: float, round_to: int, unit_channels: int, down: bool = False
+) -> int:
     step = round_to // math.gcd(round_to, unit_channels)
     steps = n * (1.0 - fraction_removed) / step
     keep = (math.floor(steps + 1e-9) if down else round(steps)) * step
