@@ -114,3 +114,10 @@ def test_a_later_epoch_that_ties_the_best_is_kept_and_patience_counts_strict_gai
     )
     assert len(history) == 2  # no epoch beat the start: patience 2 stops after the second
     assert not torch.equal(model.state_dict()["fc.weight"], start["fc.weight"])  # the last tie is kept
+
+
+def test_distill_stage_validation_block_lets_the_start_compete(tmp_path) -> None:
+    stage = {"distill": {"epochs": 1, "lr": 1e-3, "validation": {"holdout": 0.1}}}
+    report = ts.run_recipe({"model": "zoo:mnist1d-cnn", "stages": [stage]}, tmp_path / "out")
+    history = report["stages"][1]["history"]
+    assert "start_metric" in history[0] and "metric" in history[0]

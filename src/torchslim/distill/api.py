@@ -151,6 +151,7 @@ def distill(
     checkpoint: Path | None = None,
     progress: Progress = _no_progress,
     higher_is_better: bool = True,
+    keep_start: bool = False,
     notes: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train `student` in place from `teacher`; returns the per-epoch history.
@@ -160,7 +161,7 @@ def distill(
 
     `evaluate(student)` is recorded each epoch; with it, `keep_best` restores the best epoch's weights
     and `patience` stops after that many epochs without improvement (see `fit`; `higher_is_better`
-    False keeps the lowest).
+    False keeps the lowest); `keep_start` lets the student's weights before training compete.
 
     `train_loader` yields `(inputs, target)` batches (or is `loader(epoch)`); `outputs` picks the
     soft loss (`logits` or `embedding`); `hard_loss(output, target)` is the label term weighted by
@@ -214,6 +215,7 @@ def distill(
             checkpoint=checkpoint,
             progress=progress,
             higher_is_better=higher_is_better,
+            keep_start=keep_start,
             max_steps=max_steps,
         )
 
