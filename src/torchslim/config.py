@@ -165,11 +165,9 @@ class ChannelConfig(BaseConfig):
     scope: Literal["layer", "global"] = "layer"
     """`layer`: every group loses the same fraction; `global`: one ranking across groups."""
     round_to: int | None = None
-    """Remaining channel counts are rounded to the nearest multiple of this; None: convolutions of 64
-    channels or more lose whole blocks of 16 (rounded down), the block of onnxruntime's NCHWc kernels on
-    AVX-512 (a DS-CNN of 36 to 48 channels ran as fast as one of 48, one of 32 1.5x faster); those of 32
-    to 63 keep a multiple of 4 (off it they leave the blocked path: 37 channels 2.6x slower than 40);
-    the rest the exact ratio."""
+    """Remaining channel counts are rounded to a multiple of this (8 or 16 suit fast kernels); None: 4 for
+    the outputs of convolutions with at least 32 channels, which onnxruntime's blocked (NCHWc) kernels need
+    (a DS-CNN of 37 channels ran 2.6x slower than one of 40), none elsewhere."""
     include: tuple[str, ...] = ()
     """Globs of module names whose channels may be pruned (empty: all)."""
     exclude: tuple[str, ...] = ()

@@ -103,35 +103,26 @@ def dependency_graph(model: nn.Module, example_inputs: Any, config: ChannelConfi
     return graph
 
 
-BLOCK, WIDE = 16, 64
-"""`round_to=None`, convolution groups of at least `WIDE` channels: counts in whole blocks of `BLOCK`,
-rounded down (a ratio never keeps more than it asks, so MACs stay at or below the exact cut's).
-onnxruntime's blocked (NCHWc) convolutions work in blocks of 16 output channels on AVX-512 (8 on AVX2,
-so 16 is aligned on both) and a count costs what the next block boundary costs (AVX-512, one thread,
-batch 1: a 3x3 convolution pair at 16x16 took 102 us at 32 channels and 205-245 us at every count from
-36 to 48; a DS-CNN ran 0.038 ms at 24 to 32 channels, 0.057 ms at 36 to 48, 0.083 ms at 56 to 64):
-channels cut between two boundaries buy no speed there and cost accuracy."""
-STEP, MIN_CHANNELS = 4, 32
-"""Groups of 32 to 63 channels keep the nearest multiple of 4, which the blocked kernels need (on AVX2
-a DS-CNN of 37 channels ran 2.6x slower than one of 40), where a block of 16 would cost too much of
-the cut's resolution; smaller groups (a LeNet-5 layer of 6) and non-convolutions keep the exact ratio."""
+AUTO_ROUND_TO, AUTO_MIN_CHANNELS = 4, 32
+"""`round_to=None`: channel counts in multiples of 4 for convolution groups of at least 32. onnxruntime's
+blocked (NCHWc) convolutions on AVX2 take only such counts (batch 1, DS-CNN, one thread: 40 channels
+0.15 ms, 37 channels 0.40 ms, 44 channels 0.17 ms); in a smaller group a step of 4 costs too much
+of the pruning's resolution (a LeNet-5 layer of 6 channels). On AVX-512 the blocked kernels work in
+blocks of 16 output channels, and a count costs what the next multiple of 16 costs (a DS-CNN ran
+0.038 ms per chunk at 24 to 32 channels, 0.057 ms at 36 to 48), so `round_to=16` pays there for a
+fixed ratio; it is not the default because under a MACs target steps of 16 overshoot (mnist1d-cnn:
+0.12x MACs for a 0.25 target, 0.35x for 0.5)."""
 
 
-def rounding_for(config: ChannelConfig, group: Group) -> tuple[int, bool]:
-    """(step, round down) for the channel count `group` keeps."""
+def round_to_for(config: ChannelConfig, group: Group) -> int:
     if config.round_to is not None:
-        return config.round_to, False
-    if not group.conv or group.units < MIN_CHANNELS:
-        return 1, False
-    return (BLOCK, True) if group.units >= WIDE else (STEP, False)
+        return config.round_to
+    return AUTO_ROUND_TO if group.conv and group.units >= AUTO_MIN_CHANNELS else 1
 
 
-def _keep_count(
-    n: int, fraction_removed: float, round_to: int, unit_channels: int, down: bool = False
-) -> int:
+def _keep_count(n: int, fraction_removed: float, round_to: int, unit_channels: int) -> int:
     step = round_to // math.gcd(round_to, unit_channels)
-    steps = n * (1.0 - fraction_removed) / step
-    keep = (math.floor(steps + 1e-9) if down else round(steps)) * step
+    keep = round(n * (1.0 - fraction_removed) / step) * step
     return min(n, max(keep, step, 1))
 
 
@@ -146,8 +137,8 @@ def plan_for(graph: Graph, scores: list[np.ndarray], ratio: float, config: Chann
         fractions = [ratio] * len(graph.groups)
     plan: Plan = {}
     for gi, (group, s, frac) in enumerate(zip(graph.groups, scores, fractions, strict=True)):
-        step, down = rounding_for(config, group)
-        keep = _keep_count(group.units, min(frac, 0.95), step, group.unit_channels, down)
+        step = round_to_for(config, group)
+        keep = _keep_count(group.units, min(frac, 0.95), step, group.unit_channels)
         if keep < group.units:
             plan[gi] = np.argsort(s, kind="stable")[: group.units - keep]
     return plan

@@ -40,9 +40,8 @@ class ChannelSpec(StageSpec):
     """Group criterion: l1, l2, magnitude, taylor, entropy, bn_scale, random or a registered one."""
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = Field(None, ge=1)
-    """Remaining channel counts are multiples of this; null: whole blocks of 16 (rounded down) for
-    convolutions of 64 channels or more, 4 for 32 to 63 (onnxruntime's blocked kernels), none elsewhere
-    (see `ChannelConfig.round_to`)."""
+    """Remaining channel counts are multiples of this; null: 4 for convolutions of 32 channels or more
+    (onnxruntime's blocked kernels), none elsewhere (see `ChannelConfig.round_to`)."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     """Modules whose output channels all stay; their inputs may still be cut (see exclude_mode)."""

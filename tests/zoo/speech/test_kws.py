@@ -84,7 +84,7 @@ def test_baseline_recognises_held_out_voices() -> None:
 
 def test_the_example_is_one_streaming_call_and_default_pruning_keeps_blocked_widths() -> None:
     """A run's runtime choice and latencies are per chunk (batch 1), and channel pruning with its
-    defaults leaves DS-CNN widths in whole blocks of onnxruntime's kernels (36 to 48 channels cost as 48)."""
+    defaults leaves the DS-CNN widths onnxruntime's blocked kernels take (37 channels: 2.6x slower)."""
     import torch.nn as nn
 
     import torchslim as ts
@@ -94,4 +94,4 @@ def test_the_example_is_one_streaming_call_and_default_pruning_keeps_blocked_wid
     model = DSCNN()
     ts.prune_(model, ts.ChannelConfig(ratio=0.42), example_inputs=task.example_inputs)
     widths = {m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)}
-    assert widths == {32}  # 64 * 0.58 = 37.1, rounded to a multiple of 16
+    assert widths == {36}  # 64 * 0.58 = 37.1, rounded to a multiple of 4
