@@ -35,7 +35,8 @@ class ValidationSpec(BaseModel):
 DEFAULT_VALIDATION = ValidationSpec()
 """What a `finetune` stage without a `validation` block uses, on tasks that have a validation split:
 lenet5-digits' converged baseline through the default 3-epoch fine-tune lost 0.66 points (mean of 5
-data orders) without it and none with it; 90% unstructured then the fine-tune: 0.9878 -> 0.9917."""
+data orders) without it and none with it while the start won ties; now that a trained epoch wins a tie
+(`trainer._Best`, which the 90% sparse model needs) it loses 0.5 there (BENCHMARKS.md, unstructured-first)."""
 
 
 def _validation(task: Any, spec: Any) -> ValidationSpec | None:
