@@ -55,6 +55,25 @@ def test_the_default_finetune_never_ends_below_a_converged_start(tmp_path) -> No
     assert task.evaluate(final) == pytest.approx(task.evaluate(task.model()))
 
 
+def _small_model() -> torch.nn.Module:
+    return zoo.get("mnist1d-cnn").build(width=0.25)
+
+
+def _fit_scored(model: torch.nn.Module, scores: list[float], **kwargs) -> list[dict[str, float]]:
+    """`fit` on two mnist1d-cnn batches per epoch, keeping the best, with `scores` as the held-out
+    metric of the start (with keep_start) and each epoch in turn."""
+    task, metrics = zoo.get("mnist1d-cnn"), iter(scores)
+    return fit(
+        model,
+        lambda e: list(task.train_loader(seed=e))[:2],
+        lambda m, x, y: task.loss(m(x), y),
+        lr=1e-3,
+        evaluate=lambda m: next(metrics),
+        keep_best=True,
+        **kwargs,
+    )
+
+
 def test_patience_waits_for_a_gradual_schedule_to_finish() -> None:
     class Schedule:
         done = False
@@ -62,20 +81,8 @@ def test_patience_waits_for_a_gradual_schedule_to_finish() -> None:
         def after_epoch(self, model, epoch):
             self.done = epoch >= 3  # finished in the 4th epoch (0-based index 3)
 
-    task = zoo.get("mnist1d-cnn")
-    model = task.build(width=0.25)
-    scores = iter([0.9, 0.1, 0.1, 0.1, 0.1, 0.1])  # the best epoch comes before the schedule ends
-    history = fit(
-        model,
-        lambda e: list(task.train_loader(seed=e))[:2],
-        lambda m, x, y: task.loss(m(x), y),
-        epochs=6,
-        lr=1e-3,
-        callbacks=[Schedule()],
-        evaluate=lambda m: next(scores),
-        keep_best=True,
-        patience=1,
-    )
+    scores = [0.9, 0.1, 0.1, 0.1, 0.1, 0.1]  # the best epoch comes before the schedule ends
+    history = _fit_scored(_small_model(), scores, epochs=6, callbacks=[Schedule()], patience=1)
     assert len(history) == 5  # epochs 1-3 never compete; epoch 4 is best, 5 stops
     assert [r["competes"] for r in history] == [0.0, 0.0, 0.0, 1.0, 1.0]  # what a resumed run reads
 
@@ -97,21 +104,9 @@ def test_validation_false_trains_on_all_the_data_without_measuring(tmp_path) -> 
 def test_a_later_epoch_that_ties_the_best_is_kept_and_patience_counts_strict_gains() -> None:
     """An untrained start that scores as high as the trained epochs (held-out rows the baseline saw)
     does not undo the training; a plateau still runs out of patience."""
-    task = zoo.get("mnist1d-cnn")
-    model = task.build(width=0.25)
+    model = _small_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    scores = iter([1.0, 1.0, 1.0, 1.0, 1.0])
-    history = fit(
-        model,
-        lambda e: list(task.train_loader(seed=e))[:2],
-        lambda m, x, y: task.loss(m(x), y),
-        epochs=4,
-        lr=1e-3,
-        evaluate=lambda m: next(scores),
-        keep_best=True,
-        keep_start=True,
-        patience=2,
-    )
+    history = _fit_scored(model, [1.0] * 5, epochs=4, keep_start=True, patience=2)
     assert len(history) == 2  # no epoch beat the start: patience 2 stops after the second
     assert not torch.equal(model.state_dict()["fc.weight"], start["fc.weight"])  # the last tie is kept
 
