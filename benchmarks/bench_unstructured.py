@@ -21,7 +21,7 @@ import torchslim as ts
 from benchmarks.harness import Table, benchmark
 from torchslim import io
 from torchslim.data import call
-from torchslim.distill.stages import DEFAULT_VALIDATION, ValidationSpec
+from torchslim.distill.stages import DEFAULT_VALIDATION, ValidationSpec, recovery_epochs
 from torchslim.distill.trainer import finetune_defaults, fit
 from torchslim.metrics.latency import threads
 from torchslim.prune import GradualPruner
@@ -30,7 +30,8 @@ from torchslim.zoo.base import Task
 
 @dataclass(frozen=True)
 class Finetune:
-    epochs: int
+    epochs: int | None
+    """None: the `finetune` stage's default for the pruned model (`recovery_epochs`)."""
     lr: float
     validation: ValidationSpec | None = None
     """The `finetune` stage's default (`DEFAULT_VALIDATION`) in the rows that show what defaults give."""
@@ -38,7 +39,7 @@ class Finetune:
 
 def _default(task: Task) -> Finetune:
     """The `finetune` stage with every field at its default."""
-    return Finetune(*finetune_defaults(task), validation=DEFAULT_VALIDATION)
+    return Finetune(None, finetune_defaults(task)[1], validation=DEFAULT_VALIDATION)
 
 
 # lenet5-digits: 3 of the baseline's 12 epochs; mnist1d-cnn: half its baseline's 20, at the baseline's lr
@@ -104,17 +105,25 @@ METHODS: dict[str, Method] = {
 
 
 def _finetune(
-    model: nn.Module, task: Task, callbacks: list[Any], ft: Finetune | None = None, seed: int = 0
-) -> None:
+    model: nn.Module,
+    task: Task,
+    callbacks: list[Any],
+    base: nn.Module,
+    ft: Finetune | None = None,
+    seed: int = 0,
+) -> int:
+    """Fine-tunes `model` in place (`base`: the dense model its damage is measured against); returns
+    the epochs trained."""
     ft = ft or FINETUNE[task.name]
     val = ft.validation
     holdout = val.holdout if val else 0.0
+    epochs = recovery_epochs(task, model, base, val) if ft.epochs is None else ft.epochs
     split = {"holdout": holdout} if holdout else {}
     fit(
         model,
         lambda epoch: task.train_loader(seed=100 * (seed + 1) + epoch, **split),
         lambda m, x, y: task.loss(call(m, x), y),
-        epochs=ft.epochs,
+        epochs=epochs,
         lr=ft.lr,
         seed=seed,
         callbacks=callbacks,
@@ -122,6 +131,7 @@ def _finetune(
         keep_best=bool(val and val.keep_best),
         keep_start=bool(val and val.keep_start),
     )
+    return epochs
 
 
 def _run(
@@ -132,13 +142,14 @@ def _run(
     data: list[Any],
     ft: Finetune | None = None,
     seed: int = 0,
-) -> tuple[float, float]:
-    """(accuracy after pruning, accuracy after the fine-tune); `seed` picks the fine-tune's data order."""
+) -> tuple[float, float, int]:
+    """(accuracy after pruning, accuracy after the fine-tune, its epochs); `seed` picks the fine-tune's
+    data order."""
     model = copy.deepcopy(base)
     callbacks = method(model, task, sparsity, data)
     oneshot = task.evaluate(model)
-    _finetune(model, task, callbacks, ft, seed)
-    return oneshot, task.evaluate(model)
+    epochs = _finetune(model, task, callbacks, base, ft, seed)
+    return oneshot, task.evaluate(model), epochs
 
 
 def _default_finetune(label: str, task: Task) -> Finetune | None:
@@ -167,8 +178,8 @@ def _task_rows(
     for label, method in METHODS.items():
         torch.manual_seed(0)
         cells = {s: _run(method, base, task, s, data, _default_finetune(label, task)) for s in sparsities}
-        results[label] = {s: after for s, (_, after) in cells.items()}
-        rows.append([name, label, *[f"{after:.4f} ({oneshot:.3f})" for oneshot, after in cells.values()]])
+        results[label] = {s: after for s, (_, after, _) in cells.items()}
+        rows.append([name, label, *[f"{after:.4f} ({oneshot:.3f})" for oneshot, after, _ in cells.values()]])
     return rows, results
 
 
@@ -258,10 +269,12 @@ def _table(quick: bool) -> Table:
 def _defaults_text(tasks: tuple[str, ...]) -> str:
     parts = []
     for name in tasks:
-        epochs, lr = finetune_defaults(ts.zoo.get(name))
+        task = ts.zoo.get(name)
+        (least, lr), most = finetune_defaults(task), finetune_defaults(task, damage=1.0)[0]
         holdout = DEFAULT_VALIDATION.holdout
         parts.append(
-            f"{name}: {epochs} epochs at lr {lr:g}, best of start and epochs on {holdout:g} held out"
+            f"{name}: {least} to {most} epochs by the held-out accuracy the pruning lost, at lr {lr:g}, "
+            f"best of start and epochs on {holdout:g} held out"
         )
     return "; ".join(parts)
 
@@ -310,14 +323,15 @@ def _first_rows(task: Task) -> list[list[Any]]:
     rows: list[list[Any]] = [[task.name, "dense (no pruning)", f"{dense:.4f}", ""]]
     for label, (method, ft) in methods.items():
         torch.manual_seed(0)
-        oneshot, after = _run(method, base, task, 0.9, data, ft)
+        oneshot, after, epochs = _run(method, base, task, 0.9, data, ft)
+        label += f" [{epochs} epochs]" if ft is default_ft else ""
         rows.append([task.name, label, f"{after:.4f} ({oneshot:.3f})", f"{(dense - after) * 100:.1f}"])
     if task.name in SPREAD_TASKS:
         rows += _spread_rows(task, base, data, dense, default_ft)
     return rows
 
 
-SPREAD_TASKS = ("lenet5-digits",)
+SPREAD_TASKS = ("lenet5-digits", "mnist1d-cnn")
 SPREAD_SEEDS = (0, 1, 2, 3, 4)
 """Fine-tune data orders for the rows that show how far one order's number can move."""
 

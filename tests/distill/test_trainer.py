@@ -123,6 +123,25 @@ def test_finetune_defaults_follow_the_tasks_own_baseline_training() -> None:
     assert finetune_defaults(object()) == (1, 1e-3)  # a task that does not say
 
 
+def test_finetune_epochs_grow_with_the_damage_up_to_half_the_baseline() -> None:
+    from torchslim import zoo
+    from torchslim.distill.trainer import finetune_defaults
+
+    task = zoo.get("mnist1d-cnn")  # baseline: 20 epochs
+    assert [finetune_defaults(task, d)[0] for d in (0.0, 0.1, 0.2, 0.5, 0.85, 1.0)] == [5, 6, 7, 10, 10, 10]
+    assert finetune_defaults(task, 0.85)[1] == 1e-2  # the lr does not depend on it
+    assert finetune_defaults(object(), 1.0) == (1, 1e-3)  # no baseline to scale
+
+
+def test_lost_fraction_reads_the_metric_the_right_way_up() -> None:
+    from torchslim.distill.trainer import lost_fraction
+
+    assert lost_fraction(0.15, 1.0) == pytest.approx(0.85)
+    assert lost_fraction(1.0, 0.9) == 0.0  # better than the reference: nothing lost
+    assert lost_fraction(20.0, 10.0, higher_is_better=False) == pytest.approx(0.5)  # perplexity doubled
+    assert lost_fraction(0.5, 0.0) == 0.0 and lost_fraction(-1.0, 2.0) == 0.0  # no ratio to take
+
+
 def test_finetune_stage_leaves_epochs_and_lr_to_the_defaults() -> None:
     from torchslim.distill.stages import FinetuneSpec
 

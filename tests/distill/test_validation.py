@@ -55,6 +55,22 @@ def test_the_default_finetune_never_ends_below_a_converged_start(tmp_path) -> No
     assert task.evaluate(final) == pytest.approx(task.evaluate(task.model()))
 
 
+def test_the_default_finetune_trains_longer_the_more_the_model_lost() -> None:
+    """`recovery_epochs`: a quarter of the baseline's epochs for a model as good as the baseline, half
+    of them for one that lost most of its held-out accuracy."""
+    from torchslim.distill.stages import DEFAULT_VALIDATION, recovery_epochs
+
+    task = zoo.get("mnist1d-cnn")  # baseline: 20 epochs
+    base, broken = task.model(), task.model()
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.zero_()  # every class scores the same: chance accuracy
+    assert task.validate(broken, 0.1) < 0.2 < 0.9 < task.validate(base, 0.1)
+    assert recovery_epochs(task, base, base, DEFAULT_VALIDATION) == 5
+    assert recovery_epochs(task, broken, base, DEFAULT_VALIDATION) == 10
+    assert recovery_epochs(task, broken, base, None) == 5  # nothing measured without validation
+
+
 def _small_model() -> torch.nn.Module:
     return zoo.get("mnist1d-cnn").build(width=0.25)
 

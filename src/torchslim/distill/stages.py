@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchslim.config import DistillConfig
 from torchslim.data import forward
 from torchslim.distill.api import distill
-from torchslim.distill.trainer import finetune_defaults, fit
+from torchslim.distill.trainer import finetune_defaults, fit, lost_fraction
 from torchslim.prune.regularize import Regularizer, RegularizeSpec
 from torchslim.recipe import StageSpec, register_stage
 from torchslim.tasks.protocol import Task
@@ -70,9 +70,22 @@ def _training(ctx: Any, spec: Any, validation: ValidationSpec | None) -> dict[st
     }
 
 
+def recovery_epochs(
+    task: Any, model: nn.Module, reference: nn.Module, validation: ValidationSpec | None
+) -> int:
+    """`finetune`'s default epochs (`finetune_defaults`) for `model`: more the more of `reference`'s
+    (the baseline's) held-out metric it lost. Without validation the damage is not measured and the
+    default is that of an undamaged model."""
+    if validation is None:
+        return finetune_defaults(task)[0]
+    start, whole = task.validate(model, validation.holdout), task.validate(reference, validation.holdout)
+    return finetune_defaults(task, lost_fraction(start, whole, getattr(task, "higher_is_better", True)))[0]
+
+
 class FinetuneSpec(StageSpec):
     epochs: int | None = Field(None, ge=0, le=10_000)
-    """Passes over the task's training data; null: a quarter of the baseline's epochs (1 if unknown)."""
+    """Passes over the task's training data; null: a quarter of the baseline's epochs, up to half of them
+    the more of the baseline's held-out metric the model lost (`recovery_epochs`; 1 if unknown)."""
     lr: float | None = Field(None, gt=0, le=10)
     """Peak learning rate (AdamW, cosine decay to zero); null: the task's `lr`, else the
     baseline's peak lr, else 1e-3 (`torchslim.distill.trainer.finetune_defaults`)."""
@@ -98,15 +111,18 @@ def finetune(ctx: Any, spec: FinetuneSpec) -> None:
         *ctx.callbacks,
         *([Regularizer.from_spec(spec.regularize)] if spec.regularize.active() else []),
     ]
-    training = _training(ctx, spec, _validation(task, spec))
-    epochs, lr = finetune_defaults(task)
+    validation = _validation(task, spec)
+    training = _training(ctx, spec, validation)
+    epochs = spec.epochs
+    if epochs is None:
+        epochs = recovery_epochs(task, ctx.model, ctx.teacher, validation)
     history = fit(
         ctx.model,
         training.pop("loader"),
         loss_fn,
         **training,
-        epochs=epochs if spec.epochs is None else spec.epochs,
-        lr=lr if spec.lr is None else spec.lr,
+        epochs=epochs,
+        lr=finetune_defaults(task)[1] if spec.lr is None else spec.lr,
         weight_decay=spec.weight_decay,
         callbacks=callbacks,
         checkpoint=ctx.train_checkpoint,
