@@ -317,8 +317,10 @@ INITS = ("auto", "teacher", "student")
 class DistillConfig(BaseConfig):
     """Knowledge distillation: the student learns the teacher's softened outputs."""
 
-    temperature: float = 4.0
-    """Softmax temperature for both teacher and student logits; > 0."""
+    temperature: float = 2.0
+    """Softmax temperature for both teacher and student logits; > 0. 2 (default) against 4, 15 epochs
+    (6 for lenet5-digits), mean of 5 seeds: mnist1d-cnn half-width student 0.971 against 0.967 (3, 8
+    and 1 lower still), quarter-width 0.965 against 0.965, lenet5-digits half-width 0.992 against 0.991."""
     alpha: float = 1.0
     """Weight of the distillation term; 1 - alpha weights the hard-label loss (0 is plain training).
     1 (the teacher's outputs alone, as in function matching) measured best on mnist1d-cnn."""
