@@ -1,3 +1,6 @@
+import time
+from typing import ClassVar
+
 import pytest
 import torch
 import torch.nn as nn
@@ -59,3 +62,23 @@ def test_layer_table(lenet) -> None:
     assert rows["fc2"]["shape"] == [10, 500] and rows["fc2"]["params"] == 5010
     assert rows["fc2"]["sparsity"] == pytest.approx(2500 / 5010, abs=1e-6)
     assert rows["conv2"]["macs"] == 1_600_000 and rows["conv1"]["bits"] == 32
+
+
+class _CacheStandIn(torch.nn.Module):
+    """Slow (10 ms) when another model ran last, as a small model is after a large one evicted its
+    weights from cache; fast (1 ms) when it ran last itself."""
+
+    last: ClassVar[list[object]] = [None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.001 if self.last[0] is self else 0.010)
+        self.last[0] = self
+        return x
+
+
+def test_paired_latency_times_each_model_warm_not_after_its_neighbour() -> None:
+    from torchslim.metrics.runtimes import paired_latency
+
+    a, b = _CacheStandIn(), _CacheStandIn()
+    times = paired_latency([(a, "torch"), (b, "torch")], torch.zeros(1), rounds=8, warmup=1)
+    assert all(ms < 5.0 for ms in times)  # each timed call follows an untimed one of the same model

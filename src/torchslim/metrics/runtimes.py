@@ -99,7 +99,10 @@ def paired_latency(
     rounds: int = 20,
     warmup: int = 3,
 ) -> list[float]:
-    """Median ms of each `(model, runtime)`, timed round-robin: one call of each per round.
+    """Median ms of each `(model, runtime)`, timed round-robin: one call of each per round, each timed
+    call right after an untimed one of the same model. Without it a small model timed just after a
+    large one (or another runtime) ran with cold caches: lenet5-digits' 0.3 ms onnxruntime models read
+    0.57 and 0.45 ms after eager PyTorch entries, 0.31 and 0.33 alone, which turned a 1.1x speedup into 0.8x.
 
     A model may also be an ONNX file with runtime `onnxruntime` (run as it is, e.g. another tool's).
     """
@@ -124,6 +127,7 @@ def paired_latency(
                     run()
             for _ in range(rounds):
                 for run, out in zip(runners, samples, strict=True):
+                    run()  # untimed: the timed call finds its own weights in cache, not its neighbour's
                     start = time.perf_counter()
                     run()
                     out.append((time.perf_counter() - start) * 1000.0)
